@@ -1,0 +1,31 @@
+VENV ?= .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+LINT_DIRS := $(wildcard shapedsde tests benchmarks experiments)
+
+.PHONY: install demo test test-fast lint clean
+
+install: $(INSTALLED)
+
+$(INSTALLED): pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $@
+
+demo: $(INSTALLED)
+	$(VENV)/bin/shapedsde compare --out figures/demo.png
+
+test: $(INSTALLED)
+	$(PY) -m pytest -q
+	$(VENV)/bin/ruff check $(LINT_DIRS)
+
+test-fast: $(INSTALLED)
+	$(PY) -m pytest -q -m "not slow"
+
+lint: $(INSTALLED)
+	$(VENV)/bin/ruff check $(LINT_DIRS)
+
+clean:
+	rm -rf .pytest_cache .ruff_cache build dist *.egg-info
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -print | xargs rm -rf

@@ -1,0 +1,38 @@
+"""shapedsde: covariance SDEs of shaped Transformers, and the finite networks they describe.
+
+    >>> import jax, numpy as np, shapedsde as sd
+    >>> block = sd.ShapedAttention(tau0=1.0, gamma=0.5)
+    >>> V0 = sd.default_covariance(4)
+    >>> sde = sd.solve_sde(block, V0, T=1.0, n_paths=500, key=jax.random.key(0))
+    >>> net = sd.simulate_network(block, V0, width=128, depth=128, n_samples=500,
+    ...                           key=jax.random.key(1))
+    >>> print(sd.compare(sde, net).final())
+"""
+
+from .blocks import Block, NoSDELimitError, ShapedAttention, StandardAttention
+from .coefficients import diffusion_cov, drift
+from .compare import Comparison, compare
+from .defaults import default_covariance
+from .metrics import correlation, effective_rank, stable_rank
+from .network import simulate_network
+from .sde import solve_sde
+from .trajectories import Trajectories
+
+__all__ = [
+    "Block",
+    "Comparison",
+    "NoSDELimitError",
+    "ShapedAttention",
+    "StandardAttention",
+    "Trajectories",
+    "compare",
+    "correlation",
+    "default_covariance",
+    "diffusion_cov",
+    "drift",
+    "effective_rank",
+    "simulate_network",
+    "solve_sde",
+    "stable_rank",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,198 @@
+r"""Attention residual sub-blocks: shaped (with an SDE limit) and standard (the baseline).
+
+Finite layer (SPEC section 2), X of shape (m, n), H heads of key width n_k:
+
+    S_h = (X W^Q_h / sqrt n)(X W^K_h / sqrt n)^T / sqrt(n_k)
+    X'  = lambda X + gamma / sqrt(H) * sum_h A_h X W^V_h / sqrt(n),   lambda^2 + gamma^2 = 1
+
+shaped:   A_h = I + softmax_row(S_h / (tau0 sqrt n)) - U     (U = 1 1^T / m, or causal average)
+standard: A_h = softmax_row(S_h)
+
+SDE limit of the shaped block (SPEC section 3). With per-row centring C_a = diag(M_a) -
+M_a M_a^T / k_a (M the mask, k_a = sum_b M_ab; C_a = I - 1 1^T/m without mask):
+
+    b(V)     = gamma^2 / tau0^2 [ E[P2] V + V E[P2]^T + F ],
+    E[P2]_ab = M_ab V_aa ((C_a V C_a)_bb - tr(C_a V C_a) / k_a) / (2 k_a),
+    F_ac     = V_ac tr(V C_a V C_c) / (k_a k_c),
+    Sigma(V) = gamma^2 (2 - gamma^2) Lin(V) + gamma^4 / (tau0^2 H) * sym[V_ac (V C_a V C_c V)_bd
+               / (k_a k_c)].
+
+Cheap noise with N_i = L dW_i L^T:  sqrt(gamma^2 (2 - gamma^2) / 2) (N_1 + N_1^T)
+    + gamma^2 / (tau0 sqrt H) (Y + Y^T),  Y_ab = sum_e (N_2)_ae (C_a V)_eb / k_a.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jax import Array
+
+from ..linalg import centring, lin
+from ..validation import check_int, check_real
+from .base import Block, rms_rows
+
+
+def _check_heads(heads: object) -> float | int:
+    if heads == math.inf:
+        return math.inf
+    return check_int("heads", heads, low=1)
+
+
+def _mask(m: int, causal: bool) -> Array:
+    return jnp.tril(jnp.ones((m, m), bool)) if causal else jnp.ones((m, m), bool)
+
+
+class _Attention(Block):
+    """Shared finite layer of both attention kinds; subclasses define the attention matrix."""
+
+    gamma: float = eqx.field(static=True)
+    heads: float | int = eqx.field(static=True)
+    key_dim: int | None = eqx.field(static=True)
+    causal: bool = eqx.field(static=True)
+
+    @abc.abstractmethod
+    def attention_matrix(self, S: Array, mask: Array, width: int) -> Array:
+        """Row-stochastic-like mixing matrix A from the logits S (m, m) of one head."""
+
+    def head_key_dim(self, width: int) -> int:
+        return self.key_dim if self.key_dim is not None else width // int(self.heads)
+
+    def check_width(self, width: int) -> None:
+        if self.heads == math.inf:
+            raise ValueError("heads=math.inf exists only in the SDE limit; the finite network "
+                             "needs an integer number of heads")
+        if self.head_key_dim(width) < 1:
+            raise ValueError(f"key_dim = width // heads = {width} // {self.heads} is 0; "
+                             "use width >= heads or set key_dim")
+
+    def layer(self, key: Array, X: Array, normalize: str | None) -> Array:
+        m, n = X.shape
+        H, nk = int(self.heads), self.head_key_dim(n)
+        kq, kk, kv = jax.random.split(key, 3)
+        WQ = jax.random.normal(kq, (H, n, nk), X.dtype)
+        WK = jax.random.normal(kk, (H, n, nk), X.dtype)
+        WV = jax.random.normal(kv, (H, n, n), X.dtype)
+        Q = X @ WQ / math.sqrt(n)
+        K = X @ WK / math.sqrt(n)
+        S = Q @ jnp.swapaxes(K, -1, -2) / math.sqrt(nk)  # (H, m, m)
+        A = jax.vmap(self.attention_matrix, (0, None, None))(S, _mask(m, self.causal), n)
+        branch = jnp.einsum("hab,bi,hij->aj", A, X, WV) / math.sqrt(n * H)
+        X = math.sqrt(1.0 - self.gamma**2) * X + self.gamma * branch
+        return rms_rows(X) if normalize == "rms" else X
+
+
+class ShapedAttention(_Attention):
+    """Shaped attention residual sub-block: softmax centred at the identity, logits cooled by
+    tau = tau0 sqrt(width). ``heads`` may be ``math.inf`` in the SDE (no attention noise)."""
+
+    tau0: float = eqx.field(static=True)
+
+    def __init__(self, tau0: float = 1.0, gamma: float = 0.5, heads: float | int = 1,
+                 key_dim: int | None = None, causal: bool = False):
+        self.tau0 = check_real("tau0", tau0, low=0.0)
+        self.gamma = check_real("gamma", gamma, low=0.0, high=1.0)
+        self.heads = _check_heads(heads)
+        self.key_dim = None if key_dim is None else check_int("key_dim", key_dim, low=1)
+        if not isinstance(causal, bool):
+            raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
+        self.causal = causal
+
+    def attention_matrix(self, S: Array, mask: Array, width: int) -> Array:
+        logits = jnp.where(mask, S / (self.tau0 * math.sqrt(width)), -jnp.inf)
+        U = mask / jnp.sum(mask, axis=1, keepdims=True)
+        return jnp.eye(S.shape[0], dtype=S.dtype) + jax.nn.softmax(logits, axis=1) - U
+
+    @property
+    def n_noise(self) -> int:
+        return 1 if self.heads == math.inf else 2
+
+    # -- SDE coefficients ---------------------------------------------------------------
+    def _row_ops(self, V: Array) -> tuple[Array, Array, Array]:
+        """Per-row centring C_a (m, m, m), counts k_a (m,) and mask M of the softmax."""
+        m = V.shape[0]
+        M = _mask(m, self.causal).astype(V.dtype)
+        k = jnp.sum(M, axis=1)
+        C = jax.vmap(jnp.diag)(M) - M[:, :, None] * M[:, None, :] / k[:, None, None]
+        return C, k, M
+
+    def drift(self, V: Array) -> Array:
+        m = V.shape[0]
+        if not self.causal:  # closed form of the general expression, O(m^3)
+            Vt = centring(m, V.dtype) @ V @ centring(m, V.dtype)
+            a = jnp.diag(V)
+            beta = jnp.diag(Vt) - jnp.trace(Vt) / m
+            Vb = V @ beta
+            first = (jnp.outer(a, Vb) + jnp.outer(Vb, a)) / (2 * m)
+            return self.gamma**2 / self.tau0**2 * (first + jnp.sum(Vt * Vt) * V / m**2)
+        C, k, M = self._row_ops(V)
+        CVC = jnp.einsum("aij,jk,akl->ail", C, V, C)
+        diagCVC = jnp.diagonal(CVC, axis1=1, axis2=2)
+        P2 = M * jnp.diag(V)[:, None] * (diagCVC - jnp.sum(diagCVC, 1, keepdims=True)
+                                         / k[:, None]) / (2 * k[:, None])
+        R = jnp.einsum("aij,jk->aik", C, V) / k[:, None, None]  # R_a = C_a V / k_a
+        F = V * jnp.einsum("aij,cji->ac", R, R)
+        return self.gamma**2 / self.tau0**2 * (P2 @ V + V @ P2.T + F)
+
+    def _attention_rows(self, V: Array) -> Array:
+        """R_a = C_a V / k_a, shape (m, m, m) (R_a = H V / m for every a without mask)."""
+        C, k, _ = self._row_ops(V)
+        return jnp.einsum("aij,jk->aik", C, V) / k[:, None, None]
+
+    def diffusion_cov(self, V: Array) -> Array:
+        out = self.gamma**2 * (2.0 - self.gamma**2) * lin(V)
+        if self.heads == math.inf:
+            return out
+        R = self._attention_rows(V)
+        G = jnp.einsum("aib,ij,cjd->acbd", R, V, R)  # (V C_a V C_c V)_bd / (k_a k_c)
+        T = V[:, None, :, None] * jnp.transpose(G, (0, 2, 1, 3))  # T_abcd = V_ac G_acbd
+        sym = T + jnp.transpose(T, (1, 0, 2, 3)) + jnp.transpose(T, (0, 1, 3, 2)) \
+            + jnp.transpose(T, (1, 0, 3, 2))
+        return out + self.gamma**4 / (self.tau0**2 * self.heads) * sym
+
+    def noise(self, V: Array, L: Array, dW: Array) -> Array:
+        N1 = L @ dW[0] @ L.T
+        out = math.sqrt(self.gamma**2 * (2.0 - self.gamma**2) / 2.0) * (N1 + N1.T)
+        if self.heads == math.inf:
+            return out
+        N2 = L @ dW[1] @ L.T
+        Y = jnp.einsum("ae,aeb->ab", N2, self._attention_rows(V))
+        return out + self.gamma**2 / (self.tau0 * math.sqrt(self.heads)) * (Y + Y.T)
+
+
+class StandardAttention(_Attention):
+    """Standard (unshaped) attention residual sub-block, A = softmax_row(S). Finite network
+    only: its logits are not cooled with the width, so it has no covariance-SDE limit and
+    collapses in rank with depth."""
+
+    def __init__(self, gamma: float = 0.5, heads: int = 1, key_dim: int | None = None,
+                 causal: bool = False):
+        self.gamma = check_real("gamma", gamma, low=0.0, high=1.0)
+        self.heads = check_int("heads", heads, low=1)
+        self.key_dim = None if key_dim is None else check_int("key_dim", key_dim, low=1)
+        if not isinstance(causal, bool):
+            raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
+        self.causal = causal
+
+    @property
+    def has_sde(self) -> bool:
+        return False
+
+    def attention_matrix(self, S: Array, mask: Array, width: int) -> Array:
+        return jax.nn.softmax(jnp.where(mask, S, -jnp.inf), axis=1)
+
+    @property
+    def n_noise(self) -> int:
+        raise self.no_sde_error()
+
+    def drift(self, V: Array) -> Array:
+        raise self.no_sde_error()
+
+    def diffusion_cov(self, V: Array) -> Array:
+        raise self.no_sde_error()
+
+    def noise(self, V: Array, L: Array, dW: Array) -> Array:
+        raise self.no_sde_error()

@@ -1,0 +1,87 @@
+"""The interface every residual block implements: its finite layer beside its SDE limit.
+
+Like a Neural Tangents ``stax`` layer carries ``apply_fn`` beside ``kernel_fn``, a ``Block``
+carries the finite-width map ``layer`` (X -> X' with real Gaussian weights) beside the
+coefficients of the covariance SDE it converges to,
+
+    dV = drift(V) dt + noise(V, L, dW),   Cov(noise_ab, noise_cd) = diffusion_cov(V)_{abcd} dt,
+
+where ``L L^T = V`` and ``dW`` holds ``n_noise`` independent m x m matrix Brownian increments.
+The solver (``shapedsde.sde``), the network simulator (``shapedsde.network``) and the
+normalisation (``shapedsde.normalize``) only use this interface, so a new block is one file.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jax import Array
+
+
+class NoSDELimitError(ValueError):
+    """Raised when an SDE quantity is requested from a block that has no SDE limit."""
+
+
+class Block(eqx.Module):
+    """Abstract residual block (a frozen pytree: all configuration fields are static)."""
+
+    @property
+    def has_sde(self) -> bool:
+        """Whether the block has a covariance-SDE limit (standard attention has none)."""
+        return True
+
+    @property
+    @abc.abstractmethod
+    def n_noise(self) -> int:
+        """Number of independent m x m Brownian matrices driving the cheap noise."""
+
+    @abc.abstractmethod
+    def drift(self, V: Array) -> Array:
+        """b(V) = lim n E[V_{l+1} - V_l | V_l = V], shape (m, m)."""
+
+    @abc.abstractmethod
+    def diffusion_cov(self, V: Array) -> Array:
+        """Sigma(V)_{abcd} = lim n Cov[dV_ab, dV_cd | V], shape (m, m, m, m)."""
+
+    @abc.abstractmethod
+    def noise(self, V: Array, L: Array, dW: Array) -> Array:
+        """Noise increment, linear in ``dW`` of shape (n_noise, m, m), with ``L L^T = V``."""
+
+    @abc.abstractmethod
+    def layer(self, key: Array, X: Array, normalize: str | None) -> Array:
+        """One unit of depth of the finite network, X of shape (m, width)."""
+
+    def check_width(self, width: int) -> None:  # noqa: B027 - optional hook
+        """Raise ValueError if the finite network cannot be built at this width."""
+
+    def no_sde_error(self) -> NoSDELimitError:
+        return NoSDELimitError(
+            f"{type(self).__name__} has no covariance-SDE limit (its logits are not cooled "
+            "with the width): simulate it with simulate_network, or use ShapedAttention")
+
+    def require_sde(self) -> None:
+        if not self.has_sde:
+            raise self.no_sde_error()
+
+    def config(self) -> dict[str, Any]:
+        """JSON-serialisable description, stored with results."""
+        fields = {k: v for k, v in vars(self).items() if not k.startswith("_")}
+        out: dict[str, Any] = {"kind": type(self).__name__}
+        for k, v in fields.items():
+            out[k] = v.config() if isinstance(v, Block) else _jsonable(v)
+        return out
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, float) and v == float("inf"):
+        return "inf"
+    return v
+
+
+def rms_rows(X: Array) -> Array:
+    """RMS normalisation without gain: rescale every row (token) of X to norm sqrt(width)."""
+    return X * jax.lax.rsqrt(jnp.mean(X * X, axis=-1, keepdims=True))

@@ -1,0 +1,265 @@
+"""Distributional comparison of two sets of covariance paths (e.g. SDE against network).
+
+At every common saved time t and for every scalar quantity Q -- each off-diagonal correlation
+rho_ab (a < b) and each diagonal entry V_aa -- the two empirical laws of Q(V_t) are compared by
+their quantiles, the two-sample Kolmogorov-Smirnov statistic sup_x |F_a(x) - F_b(x)| with its
+p-value, and the 1-Wasserstein distance int |F_a(x) - F_b(x)| dx.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy import stats
+
+from shapedsde import metrics
+from shapedsde.trajectories import Trajectories
+
+__all__ = ["Comparison", "ComparisonRow", "compare", "common_times"]
+
+TIME_ATOL = 1e-6
+"""Two saved times are the same time if they differ by at most this much."""
+
+Kind = Literal["rho", "V"]
+
+
+@dataclass(frozen=True)
+class ComparisonRow:
+    """Comparison of one scalar quantity at one time.
+
+    ``degenerate`` rows are quantities that are the same constant in both samples (e.g. every
+    quantity at t = 0, or V_aa = 1 under normalisation); they carry ks = 0, pvalue = 1, w1 = 0.
+    """
+
+    t: float
+    quantity: str
+    q_a: tuple[float, ...]
+    q_b: tuple[float, ...]
+    ks: float
+    pvalue: float
+    w1: float
+    n_a: int
+    n_b: int
+    degenerate: bool = False
+
+    @property
+    def kind(self) -> Kind:
+        """Quantity kind: "rho" for a correlation rho[a,b], "V" for a diagonal entry V[a,a]."""
+        return "rho" if self.quantity.startswith("rho") else "V"
+
+
+@dataclass(frozen=True, repr=False)
+class Comparison:
+    """Result of :func:`compare`: one row per (time, quantity), plus bookkeeping.
+
+    Attributes:
+        rows: the comparisons, ordered by time, then rho pairs, then diagonal entries.
+        labels: names of the two samples (a, b).
+        dropped: label -> number of exploded paths left out.
+        quantiles: the quantile levels of ``ComparisonRow.q_a`` / ``q_b``.
+    """
+
+    rows: list[ComparisonRow]
+    labels: tuple[str, str]
+    dropped: dict[str, int]
+    quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
+
+    def select(
+        self, times: Iterable[float] | None = None, kind: Kind | None = None
+    ) -> list[ComparisonRow]:
+        """Rows at the given times and of the given kind ("rho" or "V"); None selects all."""
+        if kind not in (None, "rho", "V"):
+            raise ValueError(f"kind must be None, 'rho' or 'V', got {kind!r}")
+        wanted = None if times is None else np.atleast_1d(np.asarray(list(times), dtype=float))
+        return [
+            r
+            for r in self.rows
+            if (kind is None or r.kind == kind)
+            and (wanted is None or bool(np.any(np.abs(wanted - r.t) <= TIME_ATOL)))
+        ]
+
+    def _informative(self, times: Iterable[float] | None, kind: Kind | None) -> list[ComparisonRow]:
+        return [r for r in self.select(times, kind) if not r.degenerate]
+
+    def min_pvalue(self, times: Iterable[float] | None = None, kind: Kind | None = None) -> float:
+        """Smallest KS p-value over the non-degenerate selected rows (1.0 if there are none)."""
+        return min((r.pvalue for r in self._informative(times, kind)), default=1.0)
+
+    def max_ks(self, times: Iterable[float] | None = None, kind: Kind | None = None) -> float:
+        """Largest KS statistic over the non-degenerate selected rows (0.0 if there are none)."""
+        return max((r.ks for r in self._informative(times, kind)), default=0.0)
+
+    def max_w1(self, times: Iterable[float] | None = None, kind: Kind | None = None) -> float:
+        """Largest 1-Wasserstein distance over the non-degenerate selected rows (0.0 if none)."""
+        return max((r.w1 for r in self._informative(times, kind)), default=0.0)
+
+    @property
+    def times(self) -> list[float]:
+        """The distinct times of the rows, increasing."""
+        return sorted({r.t for r in self.rows})
+
+    def final(self) -> Comparison:
+        """The same comparison restricted to the last common time."""
+        if not self.rows:
+            return self
+        return dataclasses.replace(self, rows=self.select(times=[self.times[-1]]))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form (plain lists, floats, ints, bools and strings)."""
+        return {
+            "labels": list(self.labels),
+            "dropped": dict(self.dropped),
+            "quantiles": list(self.quantiles),
+            "min_pvalue": self.min_pvalue(),
+            "max_ks": self.max_ks(),
+            "rows": [
+                {**dataclasses.asdict(r), "q_a": list(r.q_a), "q_b": list(r.q_b)} for r in self.rows
+            ],
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"Comparison(labels={self.labels}, rows={len(self.rows)}, times={len(self.times)}, "
+            f"min_pvalue={self.min_pvalue():.3g}, max_ks={self.max_ks():.3f})"
+        )
+
+    def __str__(self) -> str:
+        q_names = [f"{label} q{q:g}" for label in self.labels for q in self.quantiles]
+        q_width = max(10, *(len(name) + 2 for name in q_names))
+        name_width = max(10, *(len(r.quantity) for r in self.rows)) if self.rows else 10
+        header = f"{'t':>8}  {'quantity':<{name_width}}" + "".join(
+            f"{name:>{q_width}}" for name in q_names
+        )
+        header += f"  {'KS':>6}  {'p':>9}  {'W1':>9}"
+        lines = [header, "-" * len(header)]
+        for r in self.rows:
+            qs = "".join(f"{x:{q_width}.4g}" for x in (*r.q_a, *r.q_b))
+            note = "  (constant)" if r.degenerate else ""
+            lines.append(
+                f"{r.t:8.4g}  {r.quantity:<{name_width}}{qs}"
+                f"  {r.ks:6.3f}  {r.pvalue:9.3g}  {r.w1:9.3g}{note}"
+            )
+        n_degenerate = sum(r.degenerate for r in self.rows)
+        dropped = ", ".join(f"{k} {v}" for k, v in self.dropped.items())
+        lines.append(
+            f"{len(self.rows)} rows ({n_degenerate} constant) at {len(self.times)} times; "
+            f"exploded paths dropped: {dropped}; "
+            f"min p = {self.min_pvalue():.3g}, max KS = {self.max_ks():.3f}"
+        )
+        return "\n".join(lines)
+
+
+def common_times(
+    a: Trajectories, b: Trajectories, times: Iterable[float] | None = None
+) -> list[tuple[int, int]]:
+    """Index pairs (i, j) with a.t[i] == b.t[j] up to TIME_ATOL, in the order of a.t.
+
+    If ``times`` is given, those times are used instead and must be saved in both (ValueError
+    otherwise, from :meth:`Trajectories.at`).
+    """
+    if times is not None:
+        return [(a.at(t), b.at(t)) for t in times]
+    pairs = []
+    for i, t in enumerate(a.t):
+        j = int(np.argmin(np.abs(b.t - t))) if b.n_times else -1
+        if j >= 0 and abs(b.t[j] - t) <= TIME_ATOL:
+            pairs.append((i, j))
+    return pairs
+
+
+def _default_labels(a: Trajectories, b: Trajectories) -> tuple[str, str]:
+    """Labels from config["kind"]; suffixed with " (a)" / " (b)" if the two kinds coincide."""
+    la, lb = a.kind, b.kind
+    return (la, lb) if la != lb else (f"{la} (a)", f"{lb} (b)")
+
+
+def _is_degenerate(x: NDArray[np.float64], y: NDArray[np.float64], rtol: float) -> bool:
+    """True if all values of x and y coincide up to rtol * max(1, max |value|)."""
+    both = np.concatenate([x, y])
+    return bool(np.ptp(both) <= rtol * max(1.0, float(np.max(np.abs(both)))))
+
+
+def _compare_samples(
+    t: float,
+    quantity: str,
+    x: NDArray[np.float64],
+    y: NDArray[np.float64],
+    quantiles: Sequence[float],
+    degenerate_rtol: float,
+) -> ComparisonRow:
+    """Quantiles, KS test and W1 distance of the samples x (from a) and y (from b)."""
+    q_a = tuple(float(v) for v in np.quantile(x, quantiles))
+    q_b = tuple(float(v) for v in np.quantile(y, quantiles))
+    common = dict(t=float(t), quantity=quantity, q_a=q_a, q_b=q_b, n_a=x.size, n_b=y.size)
+    if _is_degenerate(x, y, degenerate_rtol):
+        return ComparisonRow(**common, ks=0.0, pvalue=1.0, w1=0.0, degenerate=True)
+    ks = stats.ks_2samp(x, y)
+    w1 = stats.wasserstein_distance(x, y)
+    return ComparisonRow(**common, ks=float(ks.statistic), pvalue=float(ks.pvalue), w1=float(w1))
+
+
+def compare(
+    a: Trajectories,
+    b: Trajectories,
+    *,
+    quantiles: Sequence[float] = (0.1, 0.5, 0.9),
+    times: Iterable[float] | None = None,
+    include_exploded: bool = False,
+    labels: tuple[str, str] | None = None,
+    degenerate_rtol: float = 1e-6,
+) -> Comparison:
+    """Compare the laws of rho_ab(V_t) (a < b) and V_aa(V_t) between two sets of paths.
+
+    Args:
+        a, b: the two samples of paths; they must have the same number of tokens.
+        quantiles: quantile levels reported for each sample.
+        times: times to compare (each must be saved in both); default all common saved times.
+        include_exploded: keep exploded (frozen) paths; by default they are dropped and counted.
+        labels: names of a and b; default their config["kind"].
+        degenerate_rtol: a quantity whose values in both samples agree up to
+            degenerate_rtol * max(1, |value|) is reported as a degenerate (constant) row.
+
+    Raises:
+        ValueError: token counts differ, no common time, or a sample has no paths left.
+    """
+    if a.n_tokens != b.n_tokens:
+        raise ValueError(f"token counts differ: a has m = {a.n_tokens}, b has m = {b.n_tokens}")
+    pairs = common_times(a, b, times)
+    if not pairs:
+        raise ValueError(f"no common saved times (a: {a.n_times} times, b: {b.n_times} times)")
+    labels = _default_labels(a, b) if labels is None else labels
+    if labels[0] == labels[1]:
+        raise ValueError(f"labels must differ, got {labels}")
+    dropped = {
+        label: 0 if include_exploded else int(s.exploded.sum())
+        for label, s in zip(labels, (a, b), strict=True)
+    }
+    a, b = (a, b) if include_exploded else (a.valid(), b.valid())
+    for label, s in zip(labels, (a, b), strict=True):
+        if s.n_samples == 0:
+            raise ValueError(f"sample {label!r} has no paths to compare")
+
+    m = a.n_tokens
+    rows = []
+    for i, j in pairs:
+        Va, Vb = a.V[:, i].astype(np.float64), b.V[:, j].astype(np.float64)
+        rho_a, rho_b = metrics.correlation(Va), metrics.correlation(Vb)
+        samples = [
+            (f"rho[{p},{q}]", rho_a[:, p, q], rho_b[:, p, q]) for p, q in metrics.offdiag_pairs(m)
+        ]
+        samples += [(f"V[{p},{p}]", Va[:, p, p], Vb[:, p, p]) for p in range(m)]
+        rows += [
+            _compare_samples(a.t[i], name, x, y, quantiles, degenerate_rtol)
+            for name, x, y in samples
+        ]
+    return Comparison(
+        rows=rows,
+        labels=tuple(labels),
+        dropped=dropped,
+        quantiles=tuple(float(q) for q in quantiles),
+    )
