@@ -3,9 +3,10 @@
     >>> import jax, numpy as np, shapedsde as sd
     >>> block = sd.ShapedAttention(tau0=1.0, gamma=0.5)
     >>> V0 = sd.default_covariance(4)
-    >>> sde = sd.solve_sde(block, V0, T=1.0, n_paths=500, key=jax.random.key(0))
-    >>> net = sd.simulate_network(block, V0, width=128, depth=128, n_samples=500,
-    ...                           key=jax.random.key(1))
+    >>> sde = sd.solve_sde(block, V0, T=1.0, n_paths=500, n_save=17, normalize="rms",
+    ...                    key=jax.random.key(0))
+    >>> net = sd.simulate_network(block, V0, width=128, depth=128, n_samples=500, n_save=17,
+    ...                           normalize="rms", key=jax.random.key(1))
     >>> print(sd.compare(sde, net).final())
 """
 
@@ -15,6 +16,7 @@ from .compare import Comparison, compare
 from .defaults import default_covariance
 from .metrics import correlation, effective_rank, stable_rank
 from .network import simulate_network
+from .plotting import plot_correlation_bands
 from .sde import solve_sde
 from .trajectories import Trajectories
 
@@ -31,6 +33,7 @@ __all__ = [
     "diffusion_cov",
     "drift",
     "effective_rank",
+    "plot_correlation_bands",
     "simulate_network",
     "solve_sde",
     "stable_rank",

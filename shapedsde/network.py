@@ -39,31 +39,44 @@ def gram(X: Array) -> Array:
     return X @ X.T / X.shape[-1]
 
 
+METHODS = ("auto", "full", "reduced")
+
+
 class _NetworkState(eqx.Module):
-    X: Array  # (m, n) features
-    t_explode: Array  # time of blow-up, -1 while finite and within the bound
+    """X (m, n) for the full network, V (m, m) for the reduced one; -1 while not blown up."""
+
+    Z: Array
+    t_explode: Array
+
+
+def _covariance(Z: Array, method: str) -> Array:
+    return gram(Z) if method == "full" else Z
 
 
 @eqx.filter_jit
 def _advance(block: Block, keys: Array, states: _NetworkState, first_layer: Array,
-             n_layers: Array, normalize: str | None, bound: float) -> tuple[_NetworkState, Array]:
+             n_layers: Array, width: int, method: str, normalize: str | None,
+             bound: float) -> tuple[_NetworkState, Array]:
     """Apply layers first_layer + 1, ..., first_layer + n_layers to a batch of samples."""
 
-    def one(key: Array, s: _NetworkState) -> tuple[_NetworkState, Array]:
-        width = s.X.shape[1]
+    def layer(key: Array, Z: Array) -> Array:
+        if method == "full":
+            return block.layer(key, Z, normalize)
+        return block.reduced_layer(key, Z, width, normalize)
 
+    def one(key: Array, s: _NetworkState) -> tuple[_NetworkState, Array]:
         def body(i: Array, s: _NetworkState) -> _NetworkState:
-            layer = first_layer + i + 1
-            X1 = block.layer(jax.random.fold_in(key, layer), s.X, normalize)
-            V1 = gram(X1)
+            index = first_layer + i + 1
+            Z1 = layer(jax.random.fold_in(key, index), s.Z)
+            V1 = _covariance(Z1, method)
             bad = ~jnp.all(jnp.isfinite(V1)) | (jnp.max(jnp.abs(V1)) > bound)
             alive = s.t_explode < 0
-            t = (layer / width).astype(s.X.dtype)
-            return _NetworkState(X=jnp.where(alive & ~bad, X1, s.X),
+            t = (index / width).astype(s.Z.dtype)
+            return _NetworkState(Z=jnp.where(alive & ~bad, Z1, s.Z),
                                  t_explode=jnp.where(alive & bad, t, s.t_explode))
 
         s = jax.lax.fori_loop(0, n_layers, body, s)
-        return s, gram(s.X)
+        return s, _covariance(s.Z, method)
 
     return jax.vmap(one)(keys, states)
 
@@ -73,6 +86,12 @@ def save_layers(depth: int, n_save: int) -> np.ndarray:
     return np.unique(np.round(np.linspace(0, depth, n_save)).astype(int))
 
 
+def block_heads(block: Block) -> int:
+    """Largest number of heads among the block's attention layers (for memory estimates)."""
+    heads = getattr(block, "heads", 1)
+    return int(heads) if heads != math.inf else 1
+
+
 def default_chunk_size(width: int, heads: int = 1) -> int:
     """Samples per compiled call so that one chunk's weights take about 256 MB (float32)."""
     return int(np.clip(2**26 // (width * width * max(heads, 1)), 1, 512))
@@ -80,7 +99,7 @@ def default_chunk_size(width: int, heads: int = 1) -> int:
 
 def simulate_network(block: Block, V0: object, *, width: int, depth: int, n_samples: int,
                      key: Array, n_save: int = 11, normalize: str | None = None,
-                     blowup_bound: float = 1e3, dtype: str = "float32",
+                     method: str = "auto", blowup_bound: float = 1e3, dtype: str = "float32",
                      chunk_size: int | None = None, progress: bool = True) -> Trajectories:
     """Simulate the finite network of ``depth`` blocks at ``width`` from covariance ``V0``.
 
@@ -93,6 +112,9 @@ def simulate_network(block: Block, V0: object, *, width: int, depth: int, n_samp
             ``fold_in(key, i)``, so results do not depend on ``n_samples`` or ``chunk_size``.
         n_save: number of evenly spaced saved layers, including 0 and ``depth``.
         normalize: None, or "rms" to rescale every token to norm sqrt(n) after each sub-block.
+        method: "full" multiplies real n x n weight matrices (O(m n^2) per layer, the ground
+            truth); "reduced" samples the same law on m x m matrices (``shapedsde.reduced``,
+            cost independent of n); "auto" picks "reduced" when the block has it.
         blowup_bound: a sample with |V_ab| > ``blowup_bound * max(diag V0)`` (or overflow) is
             frozen and flagged, as in ``solve_sde``.
         dtype: "float32" or "float64".
@@ -113,18 +135,25 @@ def simulate_network(block: Block, V0: object, *, width: int, depth: int, n_samp
     n_save = check_int("n_save", n_save, low=2)
     normalize = check_normalize(normalize)
     blowup_bound = check_real("blowup_bound", blowup_bound, low=1.0)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method == "auto":
+        method = "reduced" if block.has_reduced else "full"
+    elif method == "reduced" and not block.has_reduced:
+        raise ValueError(f"method='reduced' is not available for {type(block).__name__}")
     jdtype = resolve_dtype(dtype)
     if normalize == "rms":
         d = np.sqrt(np.diag(V0))
         V0 = V0 / np.outer(d, d)
     if chunk_size is None:
-        chunk_size = default_chunk_size(width, int(getattr(block, "heads", 1)))
+        chunk_size = 512 if method == "reduced" else default_chunk_size(width, block_heads(block))
     chunk_size = min(check_int("chunk_size", chunk_size, low=1), n_samples)
 
     layers = save_layers(depth, n_save)
     X0 = jnp.asarray(initial_features(V0, width), jdtype)
     if normalize == "rms":
         X0 = rms_rows(X0)
+    Z0 = X0 if method == "full" else gram(X0)
     bound = blowup_bound * float(np.max(np.diag(V0)))
     V_parts, t_parts = [], []
     steps = -(-n_samples // chunk_size)
@@ -132,12 +161,12 @@ def simulate_network(block: Block, V0: object, *, width: int, depth: int, n_samp
               disable=not progress) as bar:
         for start, size in chunks(n_samples, chunk_size):
             keys = path_keys(key, start, chunk_size)
-            states = _NetworkState(X=jnp.broadcast_to(X0, (chunk_size, *X0.shape)),
+            states = _NetworkState(Z=jnp.broadcast_to(Z0, (chunk_size, *Z0.shape)),
                                    t_explode=-jnp.ones(chunk_size, jdtype))
             saved = [np.broadcast_to(np.asarray(gram(X0)), (chunk_size, m, m))]
             for lo, hi in zip(layers[:-1], layers[1:], strict=True):
                 states, V = _advance(block, keys, states, jnp.asarray(lo), jnp.asarray(hi - lo),
-                                     normalize, bound)
+                                     width, method, normalize, bound)
                 saved.append(np.asarray(V))
                 bar.update(int(hi - lo))
             V_parts.append(np.stack(saved, axis=1)[:size])
@@ -148,5 +177,5 @@ def simulate_network(block: Block, V0: object, *, width: int, depth: int, n_samp
         t=layers / width, V=np.concatenate(V_parts), exploded=exploded,
         explosion_time=np.where(exploded, t_exp, np.inf),
         config={"kind": "network", "block": block.config(), "width": width, "depth": depth,
-                "n_samples": n_samples, "normalize": normalize, "blowup_bound": blowup_bound,
-                "dtype": dtype, "V0": V0.tolist()})
+                "n_samples": n_samples, "method": method, "normalize": normalize,
+                "blowup_bound": blowup_bound, "dtype": dtype, "V0": V0.tolist()})

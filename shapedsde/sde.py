@@ -189,7 +189,7 @@ def solve_sde(block: Block, V0: object, T: float, *, key: Array, dt: float = 2.0
             ``n_paths`` or ``chunk_size``.
         dt: largest Euler step; the grid is refined so that the save times lie on it
             (dt = 1/width is one step per layer).
-        n_saves: number of evenly spaced saved times, including 0 and T.
+        n_save: number of evenly spaced saved times, including 0 and T.
         normalize: None or "rms" (the normalised SDE on correlation matrices).
         scheme: for "rms", "project" (step, then apply f) or "ito" (Ito-transformed SDE).
         blowup_bound: a path whose |V_ab| exceeds ``blowup_bound * max(diag V0)`` is frozen

@@ -21,8 +21,8 @@ def check_real(name: str, value: object, *, low: float | None = None, high: floa
     lo_bad = low is not None and (v <= low if low_open else v < low)
     hi_bad = high is not None and (v >= high if high_open else v > high)
     if lo_bad or hi_bad:
-        lb = "(" if low_open else "["
-        hb = ")" if high_open else "]"
+        lb = "(" if low_open or low is None else "["
+        hb = ")" if high_open or high is None else "]"
         lo = "-inf" if low is None else f"{low:g}"
         hi = "inf" if high is None else f"{high:g}"
         raise ValueError(f"{name} must lie in {lb}{lo}, {hi}{hb}, got {v:g}")

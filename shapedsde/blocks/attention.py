@@ -32,6 +32,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from ..linalg import centring, lin
+from ..reduced import gaussian_product, maybe_normalize, residual_gram, root
 from ..validation import check_int, check_real
 from .base import Block, rms_rows
 
@@ -69,20 +70,37 @@ class _Attention(Block):
             raise ValueError(f"key_dim = width // heads = {width} // {self.heads} is 0; "
                              "use width >= heads or set key_dim")
 
-    def layer(self, key: Array, X: Array, normalize: str | None) -> Array:
+    def layer_parts(self, key: Array, X: Array) -> tuple[Array, Array, Array]:
+        """Per head h: logits S_h (m, m), attention A_h (m, m) and values B_h = X W^V_h / sqrt(n)
+        (m, n), all from fresh Gaussian weights; the layer is lambda X + gamma / sqrt(H) *
+        sum_h A_h B_h. Exposed so that tests can build control variates from the same draw."""
         m, n = X.shape
         H, nk = int(self.heads), self.head_key_dim(n)
         kq, kk, kv = jax.random.split(key, 3)
-        WQ = jax.random.normal(kq, (H, n, nk), X.dtype)
-        WK = jax.random.normal(kk, (H, n, nk), X.dtype)
-        WV = jax.random.normal(kv, (H, n, n), X.dtype)
-        Q = X @ WQ / math.sqrt(n)
-        K = X @ WK / math.sqrt(n)
-        S = Q @ jnp.swapaxes(K, -1, -2) / math.sqrt(nk)  # (H, m, m)
+        Q = X @ jax.random.normal(kq, (H, n, nk), X.dtype) / math.sqrt(n)
+        K = X @ jax.random.normal(kk, (H, n, nk), X.dtype) / math.sqrt(n)
+        B = X @ jax.random.normal(kv, (H, n, n), X.dtype) / math.sqrt(n)
+        S = Q @ jnp.swapaxes(K, -1, -2) / math.sqrt(nk)
         A = jax.vmap(self.attention_matrix, (0, None, None))(S, _mask(m, self.causal), n)
-        branch = jnp.einsum("hab,bi,hij->aj", A, X, WV) / math.sqrt(n * H)
+        return S, A, B
+
+    def layer(self, key: Array, X: Array, normalize: str | None) -> Array:
+        _, A, B = self.layer_parts(key, X)
+        branch = jnp.sum(A @ B, axis=0) / math.sqrt(A.shape[0])
         X = math.sqrt(1.0 - self.gamma**2) * X + self.gamma * branch
         return rms_rows(X) if normalize == "rms" else X
+
+    def reduced_layer(self, key: Array, V: Array, width: int, normalize: str | None) -> Array:
+        m = V.shape[0]
+        H, nk = int(self.heads), self.head_key_dim(width)
+        k_s, k_out = jax.random.split(key)
+        L = root(V)
+        prods = jax.vmap(lambda k: gaussian_product(k, m, nk, V.dtype))(
+            jax.random.split(k_s, H))
+        S = L @ prods @ L.T / math.sqrt(nk)  # (H, m, m), the logits of every head
+        A = jax.vmap(self.attention_matrix, (0, None, None))(S, _mask(m, self.causal), width)
+        L_M = jnp.transpose(A @ L, (1, 0, 2)).reshape(m, H * m) / math.sqrt(H)  # (m, H m)
+        return maybe_normalize(residual_gram(k_out, L, L_M, self.gamma, width), normalize)
 
 
 class ShapedAttention(_Attention):
@@ -120,20 +138,24 @@ class ShapedAttention(_Attention):
         return C, k, M
 
     def drift(self, V: Array) -> Array:
-        m = V.shape[0]
-        if not self.causal:  # closed form of the general expression, O(m^3)
-            Vt = centring(m, V.dtype) @ V @ centring(m, V.dtype)
-            a = jnp.diag(V)
-            beta = jnp.diag(Vt) - jnp.trace(Vt) / m
-            Vb = V @ beta
-            first = (jnp.outer(a, Vb) + jnp.outer(Vb, a)) / (2 * m)
-            return self.gamma**2 / self.tau0**2 * (first + jnp.sum(Vt * Vt) * V / m**2)
+        if self.causal:
+            return self.drift_masked(V)
+        m = V.shape[0]  # closed form of drift_masked for the full mask, O(m^3)
+        Vt = centring(m, V.dtype) @ V @ centring(m, V.dtype)
+        a = jnp.diag(V)
+        beta = jnp.diag(Vt) - jnp.trace(Vt) / m
+        Vb = V @ beta
+        first = (jnp.outer(a, Vb) + jnp.outer(Vb, a)) / (2 * m)
+        return self.gamma**2 / self.tau0**2 * (first + jnp.sum(Vt * Vt) * V / m**2)
+
+    def drift_masked(self, V: Array) -> Array:
+        """The drift from the general per-row (masked) formula, O(m^4)."""
         C, k, M = self._row_ops(V)
         CVC = jnp.einsum("aij,jk,akl->ail", C, V, C)
         diagCVC = jnp.diagonal(CVC, axis1=1, axis2=2)
         P2 = M * jnp.diag(V)[:, None] * (diagCVC - jnp.sum(diagCVC, 1, keepdims=True)
                                          / k[:, None]) / (2 * k[:, None])
-        R = jnp.einsum("aij,jk->aik", C, V) / k[:, None, None]  # R_a = C_a V / k_a
+        R = self._attention_rows(V)
         F = V * jnp.einsum("aij,cji->ac", R, R)
         return self.gamma**2 / self.tau0**2 * (P2 @ V + V @ P2.T + F)
 

@@ -55,6 +55,15 @@ class Block(eqx.Module):
     def layer(self, key: Array, X: Array, normalize: str | None) -> Array:
         """One unit of depth of the finite network, X of shape (m, width)."""
 
+    def reduced_layer(self, key: Array, V: Array, width: int, normalize: str | None) -> Array:
+        """The same layer sampled exactly in law on m x m matrices (``shapedsde.reduced``):
+        V' given V, at a cost independent of the width."""
+        raise NotImplementedError(f"{type(self).__name__} has no reduced simulator")
+
+    @property
+    def has_reduced(self) -> bool:
+        return type(self).reduced_layer is not Block.reduced_layer
+
     def check_width(self, width: int) -> None:  # noqa: B027 - optional hook
         """Raise ValueError if the finite network cannot be built at this width."""
 

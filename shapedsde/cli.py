@@ -1,0 +1,223 @@
+"""Command-line interface: ``shapedsde simulate`` and ``shapedsde compare``.
+
+Invalid values (from the command line or from the library's checks) end with one line
+``shapedsde: error: <message>`` on stderr and exit status 2; set SHAPEDSDE_DEBUG=1 to get the
+traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+
+from .blocks import Block, ShapedAttention
+from .defaults import default_covariance
+from .validation import check_int, check_real, check_width
+
+PROG = "shapedsde"
+BLOCKS = ("attention",)
+
+
+def build_block(args: argparse.Namespace) -> Block:
+    """The block named by ``--block``, configured from the parsed options (the one place that
+    maps options to blocks: a new block adds its choice to BLOCKS and a branch here)."""
+    if args.block == "attention":
+        return ShapedAttention(tau0=args.tau0, gamma=args.gamma, heads=args.heads,
+                               causal=args.causal)
+    raise ValueError(f"block must be one of {BLOCKS}, got {args.block!r}")
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show defaults, except the uninformative None / False of optional paths and flags."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _real(text: str) -> float:
+    """A real number, also written as a fraction such as 1/256."""
+    try:
+        return float(text)
+    except ValueError:
+        try:
+            return float(Fraction(text))
+        except (ValueError, ZeroDivisionError):
+            raise argparse.ArgumentTypeError(f"not a real number: {text!r}") from None
+
+
+def _common_options() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    model = p.add_argument_group("model")
+    model.add_argument("--block", choices=BLOCKS, default="attention", help="residual block")
+    model.add_argument("--tokens", type=int, default=4,
+                       help="number of tokens m; V0 = default_covariance(m), V0_ab = 0.8^|a-b|")
+    model.add_argument("--gamma", type=_real, default=0.5,
+                       help="branch weight, 0 < gamma <= 1 (X' = lambda X + gamma branch)")
+    model.add_argument("--tau0", type=_real, default=1.0,
+                       help="attention temperature, tau = tau0 sqrt(width), tau0 > 0")
+    model.add_argument("--heads", type=int, default=1, help="attention heads")
+    model.add_argument("--causal", action="store_true", help="causal attention mask")
+    model.add_argument("--normalize", choices=("none", "rms"), default="rms",
+                       help="'rms': rescale tokens after every block (V is a correlation)")
+    run = p.add_argument_group("simulation")
+    run.add_argument("--T", type=_real, default=1.0, help="final time t = depth / width")
+    run.add_argument("--paths", type=int, default=2000,
+                     help="number of SDE paths (and of network samples)")
+    run.add_argument("--seed", type=int, default=0, help="random seed")
+    run.add_argument("--dt", type=_real, default=1 / 256,
+                     help="largest SDE Euler step; fractions such as 1/256 are accepted")
+    run.add_argument("--n-save", type=int, default=17,
+                     help="number of evenly spaced saved times, including 0 and T")
+    run.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                     help="floating-point precision")
+    run.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    return p
+
+
+def make_parser() -> argparse.ArgumentParser:
+    fmt = _Formatter
+    parser = argparse.ArgumentParser(
+        prog=PROG, formatter_class=fmt,
+        description="Covariance SDEs of shaped Transformers and the finite networks they "
+                    "describe. Options go after the subcommand, e.g. "
+                    "'shapedsde compare --width 64 --gamma 0.3'.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = [_common_options()]
+    sim = sub.add_parser("simulate", parents=common, formatter_class=fmt,
+                         help="solve the covariance SDE and save the paths",
+                         description="Solve the covariance SDE from V0 to time T and save "
+                                     "the paths (Trajectories .npz).")
+    sim.add_argument("--out", type=Path, default=Path("results/sde.npz"), help="output .npz")
+    cmp_ = sub.add_parser("compare", parents=common, formatter_class=fmt,
+                          help="compare the SDE with the finite network and plot both",
+                          description="Solve the SDE and simulate the network of width n and "
+                                      "depth round(T n); print the distributional comparison "
+                                      "at the final time and plot correlation bands.")
+    cmp_.add_argument("--width", type=int, default=128, help="network width n")
+    cmp_.add_argument("--method", choices=("auto", "full", "reduced"), default="auto",
+                      help="network simulator: full n x n weights, or the exact reduced one")
+    cmp_.add_argument("--out", type=Path, default=Path("figures/demo.png"), help="figure (PNG)")
+    cmp_.add_argument("--save-data", type=Path, default=None, metavar="DIR",
+                      help="also save sde.npz and network.npz in DIR")
+    return parser
+
+
+def coinciding_n_save(depth: int, n_save: int) -> int:
+    """Largest k + 1 <= n_save with k dividing depth, so saved layers are exact multiples."""
+    return 1 + max(k for k in range(1, min(n_save - 1, depth) + 1) if depth % k == 0)
+
+
+def _check_run_options(args: argparse.Namespace) -> None:
+    check_real("T", args.T, low=0.0)
+    check_real("dt", args.dt, low=0.0)
+    check_int("paths", args.paths, low=1)
+    check_int("n-save", args.n_save, low=2)
+
+
+def _sde_kwargs(args: argparse.Namespace) -> dict[str, object]:
+    return dict(dt=args.dt, n_paths=args.paths, normalize=None if args.normalize == "none"
+                else "rms", dtype=args.dtype, progress=not args.no_progress)
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    import jax
+
+    from .sde import solve_sde
+
+    block = build_block(args)
+    V0 = default_covariance(args.tokens)
+    _check_run_options(args)
+    sde = solve_sde(block, V0, args.T, key=jax.random.key(args.seed), n_save=args.n_save,
+                    **_sde_kwargs(args))
+    path = sde.save(args.out)
+    print(sde.summary())
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    import jax
+
+    from .compare import compare
+    from .network import simulate_network
+    from .plotting import plot_correlation_bands
+    from .sde import solve_sde
+
+    block = build_block(args)
+    V0 = default_covariance(args.tokens)
+    _check_run_options(args)
+    width = check_width(args.width, V0.shape[0])
+    block.check_width(width)
+    depth = round(args.T * width)
+    if depth < 1:
+        raise ValueError(f"depth = round(T * width) = round({args.T:g} * {width}) is 0; "
+                         "increase T or width")
+    T = depth / width
+    n_save = coinciding_n_save(depth, args.n_save)
+    kw = _sde_kwargs(args)
+    print(f"{type(block).__name__}: tokens={args.tokens} gamma={args.gamma:g} "
+          f"tau0={args.tau0:g} heads={args.heads} causal={args.causal} "
+          f"normalize={args.normalize} | T={T:g} width={width} depth={depth} "
+          f"paths={args.paths} dt={args.dt:g} n_save={n_save} method={args.method} "
+          f"dtype={args.dtype} seed={args.seed}")
+    if not math.isclose(T, args.T, rel_tol=1e-12):
+        print(f"note: T = {args.T:g} is not a multiple of 1/width; using T = depth / width "
+              f"= {T:g}")
+    if n_save != args.n_save:
+        print(f"note: n-save = {args.n_save} - 1 does not divide depth = {depth}; using "
+              f"n-save = {n_save} so that SDE and network save times coincide")
+
+    key = jax.random.key(args.seed)
+    t0 = time.perf_counter()
+    sde = solve_sde(block, V0, T, key=key, n_save=n_save, **kw)
+    t1 = time.perf_counter()
+    net = simulate_network(block, V0, width=width, depth=depth, n_samples=args.paths,
+                           key=jax.random.fold_in(key, 1), n_save=n_save,
+                           normalize=kw["normalize"], method=args.method, dtype=args.dtype,
+                           progress=kw["progress"])
+    t2 = time.perf_counter()
+    print(f"exploded: SDE {sde.exploded_fraction:.1%}, network {net.exploded_fraction:.1%}")
+    print(f"wall time: SDE {t1 - t0:.1f} s, network ({net.config['method']}) {t2 - t1:.1f} s")
+    print(compare(sde, net, labels=("SDE", "network")).final())
+    if args.save_data is not None:
+        for name, traj in (("sde", sde), ("network", net)):
+            print(f"wrote {traj.save(args.save_data / f'{name}.npz')}")
+    title = (f"{type(block).__name__}, {args.tokens} tokens, gamma={args.gamma:g}, "
+             f"tau0={args.tau0:g}, normalize={args.normalize}")
+    fig = plot_correlation_bands({"SDE": sde, f"network (width {width})": net}, args.out,
+                                 title=title)
+    print(f"wrote {fig}")
+    return 0
+
+
+COMMANDS = {"simulate": cmd_simulate, "compare": cmd_compare}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; return the exit status (0 success, 2 invalid arguments)."""
+    try:
+        args = make_parser().parse_args(argv)
+    except SystemExit as stop:  # --help (0) or an argparse error (2, message already printed)
+        return stop.code if isinstance(stop.code, int) else 2
+    try:
+        return COMMANDS[args.command](args)
+    except (ValueError, TypeError) as err:
+        if os.environ.get("SHAPEDSDE_DEBUG"):
+            raise
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,75 @@
+r"""Exact reduced sampling of one residual sub-block on m x m matrices (SPEC section 4).
+
+Every weight matrix is fresh iid Gaussian, hence invariant under rotations of feature space, so
+the law of V' given X depends on X only through V = L L^T. Rotating X to sqrt(n) [L, 0]:
+
+* X W / sqrt(n) = L Z with Z iid (m x n_out): projections of X are Gaussian "in token space";
+* a product of two such projections Z_q Z_k^T (m x n_k times n_k x m) equals in law G R with G
+  iid m x m and R R^T ~ Wishart_m(I, n_k) (R from the Bartlett decomposition), because
+  Z_k^T = Q R (QR) and Z_q Q is iid and independent of R;
+* a residual branch gamma * L_M Z_out (L_M: m x p token-space factor of the branch's features,
+  Z_out iid p x n) gives, splitting Z_out = [G_a, Z_b] at column m,
+      n V' = (sqrt(n) lambda L + gamma L_M G_a)(...)^T + gamma^2 L_M (Z_b Z_b^T) L_M^T,
+  with Z_b Z_b^T ~ Wishart_p(I, n - m) (Bartlett when n - m >= p, else sampled directly).
+
+The cost is O(m^3 + p^3) per sub-block, independent of the width n.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import Array
+
+from .linalg import psd_sqrt
+from .normalize import rms
+
+
+def wishart_factor(key: Array, p: int, dof: int, dtype) -> Array:
+    """A (p, q) matrix T with T T^T ~ Wishart_p(I, dof) (q = min(p, dof); zero if dof = 0).
+
+    dof >= p: lower-triangular Bartlett factor, T_ii = sqrt(chi^2_{dof - i}) (i = 0..p-1),
+    T_ij ~ N(0, 1) below the diagonal: O(p^2) draws instead of O(p dof).
+    dof < p: T = Z with Z iid p x dof (the Wishart is singular; direct sampling is cheaper).
+    """
+    if dof <= 0:
+        return jnp.zeros((p, 1), dtype)
+    if dof < p:
+        return jax.random.normal(key, (p, dof), dtype)
+    k_diag, k_low = jax.random.split(key)
+    chi2 = 2.0 * jax.random.gamma(k_diag, (dof - jnp.arange(p)) / 2.0, dtype=dtype)
+    low = jnp.tril(jax.random.normal(k_low, (p, p), dtype), -1)
+    return low + jnp.diag(jnp.sqrt(chi2))
+
+
+def gaussian_product(key: Array, m: int, n_k: int, dtype) -> Array:
+    """A sample of Z_q Z_k^T for Z_q, Z_k iid m x n_k, shape (m, m), at cost O(m^3)."""
+    k_g, k_w = jax.random.split(key)
+    if n_k < m:
+        Z = jax.random.normal(k_g, (2, m, n_k), dtype)
+        return Z[0] @ Z[1].T
+    G = jax.random.normal(k_g, (m, m), dtype)
+    return G @ wishart_factor(k_w, m, n_k, dtype).T
+
+
+def residual_gram(key: Array, L: Array, L_M: Array, gamma: float, width: int) -> Array:
+    """V' of X' = lambda X + gamma * (branch with token factor L_M) Z_out / sqrt(n), exactly in
+    law, where X X^T / n = L L^T and Z_out is the fresh iid output projection."""
+    m, p = L_M.shape
+    k_a, k_b = jax.random.split(key)
+    lam = math.sqrt(1.0 - gamma**2)
+    G_a = jax.random.normal(k_a, (p, m), L.dtype)
+    head = math.sqrt(width) * lam * L + gamma * L_M @ G_a
+    tail = gamma * L_M @ wishart_factor(k_b, p, width - m, L.dtype)
+    return (head @ head.T + tail @ tail.T) / width
+
+
+def root(V: Array) -> Array:
+    """Square root used by the reduced layers (tolerates singular V)."""
+    return psd_sqrt(V)[0]
+
+
+def maybe_normalize(V: Array, normalize: str | None) -> Array:
+    return rms(V) if normalize == "rms" else V
