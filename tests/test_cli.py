@@ -1,0 +1,114 @@
+"""Tests of the command-line interface (shapedsde.cli), run in-process on tiny problems."""
+
+import subprocess
+import sys
+
+import pytest
+
+from shapedsde.cli import coinciding_n_save, main
+from shapedsde.trajectories import Trajectories
+
+# Tiny sizes shared by the runs below (same shapes, so the compiled solver is reused).
+FAST = ["--paths", "64", "--T", "0.25", "--n-save", "5", "--no-progress"]
+
+
+def test_help_exits_zero(capsys):
+    assert main(["--help"]) == 0
+    assert "compare" in capsys.readouterr().out
+    assert main(["compare", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--width" in out and "default: 128" in out
+
+
+def test_simulate_writes_loadable_npz(tmp_path, capsys):
+    out = tmp_path / "sde"  # ".npz" is appended
+    assert main(["simulate", *FAST, "--out", str(out)]) == 0
+    traj = Trajectories.load(tmp_path / "sde.npz")
+    assert traj.V.shape == (64, 5, 4, 4)
+    assert traj.kind == "sde"
+    printed = capsys.readouterr().out
+    assert "median rho(T)" in printed and str(tmp_path / "sde.npz") in printed
+
+
+def test_compare_writes_figure_and_table(tmp_path, capsys):
+    fig = tmp_path / "figs" / "demo.png"
+    data = tmp_path / "data"
+    # method "full" compiles faster than the reduced simulator (used by the slow test below)
+    argv = ["compare", *FAST, "--width", "16", "--method", "full", "--out", str(fig),
+            "--save-data", str(data)]
+    assert main(argv) == 0
+    assert fig.is_file() and fig.stat().st_size > 0
+    assert fig.read_bytes().startswith(b"\x89PNG")
+    out = capsys.readouterr().out
+    assert "rho[0,1]" in out and "exploded: SDE" in out and str(fig) in out
+    sde, net = Trajectories.load(data / "sde.npz"), Trajectories.load(data / "network.npz")
+    assert sde.t == pytest.approx(net.t)  # save times coincide: depth 4, n_save 5
+
+
+@pytest.mark.slow  # compiles the un-normalised SDE and network (about 20 s)
+def test_compare_unnormalised_with_adjusted_n_save(tmp_path, capsys):
+    # depth = round(0.25 * 12) = 3: n_save = 5 is reduced to 4 so that save times coincide
+    argv = ["compare", *FAST, "--width", "12", "--normalize", "none",
+            "--out", str(tmp_path / "none.png")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "using n-save = 4" in out
+    assert "exploded: SDE" in out and "V[0,0]" in out and "(constant)" not in out
+    assert (tmp_path / "none.png").is_file()
+
+
+def test_coinciding_n_save():
+    assert coinciding_n_save(128, 17) == 17
+    assert coinciding_n_save(4, 17) == 5
+    assert coinciding_n_save(12, 9) == 7
+    assert coinciding_n_save(7, 5) == 2
+
+
+@pytest.mark.parametrize(
+    "extra, name",
+    [
+        (["--gamma", "1.5"], "gamma"),
+        (["--gamma", "0"], "gamma"),
+        (["--tau0", "0"], "tau0"),
+        (["--tau0", "-1"], "tau0"),
+        (["--width", "2", "--tokens", "4"], "width"),
+        (["--tokens", "1"], "tokens"),
+        (["--paths", "0"], "paths"),
+        (["--T", "nan"], "T"),
+        (["--T", "0.01", "--width", "16"], "depth"),
+        (["--heads", "0"], "heads"),
+        (["--n-save", "1"], "n-save"),
+        (["--dt", "0"], "dt"),
+    ],
+)
+def test_bad_values_give_one_line_error(tmp_path, capsys, extra, name):
+    argv = ["compare", *FAST, "--width", "16", "--out", str(tmp_path / "f.png"), *extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith("shapedsde: error: ") and name in err[0]
+    assert not (tmp_path / "f.png").exists()
+
+
+@pytest.mark.parametrize("extra", [["--gamma", "2"], ["--tokens", "1"], ["--T", "-1"]])
+def test_simulate_bad_values(tmp_path, capsys, extra):
+    assert main(["simulate", *FAST, "--out", str(tmp_path / "s.npz"), *extra]) == 2
+    assert capsys.readouterr().err.startswith("shapedsde: error: ")
+
+
+def test_argparse_errors_exit_two(capsys):
+    assert main(["compare", "--width", "2.5"]) == 2
+    assert main(["compare", "--gamma", "abc"]) == 2
+    assert main(["frobnicate"]) == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_module_entry_point_no_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "shapedsde.cli", "simulate", "--gamma", "2",
+         "--out", str(tmp_path / "s.npz")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "shapedsde: error: gamma must lie in (0, 1], got 2" in proc.stderr
