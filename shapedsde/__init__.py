@@ -10,7 +10,14 @@
     >>> print(sd.compare(sde, net).final())
 """
 
-from .blocks import Block, NoSDELimitError, ShapedAttention, StandardAttention
+from .blocks import (
+    Block,
+    NoSDELimitError,
+    ShapedAttention,
+    ShapedMLP,
+    ShapedTransformerBlock,
+    StandardAttention,
+)
 from .coefficients import diffusion_cov, drift
 from .compare import Comparison, compare
 from .defaults import default_covariance
@@ -25,6 +32,8 @@ __all__ = [
     "Comparison",
     "NoSDELimitError",
     "ShapedAttention",
+    "ShapedMLP",
+    "ShapedTransformerBlock",
     "StandardAttention",
     "Trajectories",
     "compare",

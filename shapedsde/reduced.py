@@ -56,7 +56,11 @@ def gaussian_product(key: Array, m: int, n_k: int, dtype) -> Array:
 
 def residual_gram(key: Array, L: Array, L_M: Array, gamma: float, width: int) -> Array:
     """V' of X' = lambda X + gamma * (branch with token factor L_M) Z_out / sqrt(n), exactly in
-    law, where X X^T / n = L L^T and Z_out is the fresh iid output projection."""
+    law, where X X^T / n = L L^T and Z_out is the fresh iid output projection. The law depends
+    on L_M only through L_M L_M^T, so a wide L_M (p > m, e.g. several heads) is first replaced
+    by an m x m square root of it."""
+    if L_M.shape[1] > L_M.shape[0]:
+        L_M = root(L_M @ L_M.T)
     m, p = L_M.shape
     k_a, k_b = jax.random.split(key)
     lam = math.sqrt(1.0 - gamma**2)

@@ -1,5 +1,5 @@
 """One-layer moments of the real finite shaped-attention layer against ``drift`` and
-``diffusion_cov`` (SPEC section 7), with control variates; see ``tests/_moments.py``.
+``diffusion_cov`` (SPEC section 7), with control variates; see ``shapedsde.moments``.
 
 Key width 32 keeps the weight draws affordable: the coefficients do not depend on n_k
 (E[S_ab S_cd] = V_ac V_bd for every n_k). Sample sizes give standard errors of about 2% on the
@@ -15,9 +15,9 @@ from functools import cache
 import jax
 import numpy as np
 import pytest
-from _moments import diffusion_estimate, drift_estimate, increments, projection
 
 import shapedsde as sd
+from shapedsde.moments import diffusion_estimate, drift_estimate, one_layer_increments
 
 pytestmark = pytest.mark.slow
 
@@ -29,23 +29,13 @@ CASES = [(256, None), (256, "rms"), (1024, None), (1024, "rms")]
 
 @cache
 def moments(width: int, normalize: str | None) -> dict:
-    dV, cv = increments(BLOCK, V, width, SAMPLES[width], jax.random.key(width), normalize)
-    b_hat, b_se = drift_estimate(dV, cv, width)
-    S_hat, S_se = diffusion_estimate(dV, width)
+    dV, cv = one_layer_increments(BLOCK, V, width=width, n_samples=SAMPLES[width],
+                                  key=jax.random.key(width), normalize=normalize)
+    b_hat, S_hat = drift_estimate(dV, cv, width), diffusion_estimate(dV, width)
     b = np.asarray(sd.drift(BLOCK, V, normalize), np.float64)
     S = np.asarray(sd.diffusion_cov(BLOCK, V, normalize), np.float64)
-    xi = math.sqrt(width) * (dV - dV.mean(0))
-    return {
-        "b_hat": b_hat, "b_se": b_se, "b": b, "S_hat": S_hat, "S_se": S_se, "S": S,
-        "b_proj": projection(b_hat, b_se, b, width * (dV - cv)),
-        "S_proj": projection(S_hat, S_se, S, np.einsum("sab,scd->sabcd", xi, xi)),
-    }
-
-
-def _entries_within(est: np.ndarray, se: np.ndarray, target: np.ndarray, k: float) -> None:
-    live = se > 1e-3 * np.max(se)  # rms: diagonal entries are 0 up to float32 rounding
-    z = np.abs(est - target)[live] / se[live]
-    assert np.max(z) <= k, f"max |z| = {np.max(z):.2f} over {live.sum()} entries"
+    return {"b_hat": b_hat, "b": b, "S_hat": S_hat, "S": S,
+            "b_proj": b_hat.projection(b), "S_proj": S_hat.projection(S)}
 
 
 @pytest.mark.parametrize("width,normalize", CASES)
@@ -53,7 +43,7 @@ def test_drift_matches_finite_layer(width, normalize):
     r = moments(width, normalize)
     s, se = r["b_proj"]
     assert abs(s - 1) <= 4 * se, f"<b_hat, b>/<b, b> = {s:.4f} +- {se:.4f}"
-    _entries_within(r["b_hat"], r["b_se"], r["b"], 4.0)
+    assert r["b_hat"].max_z(r["b"]) <= 4.0
 
 
 @pytest.mark.parametrize("width,normalize", CASES)
@@ -61,7 +51,7 @@ def test_diffusion_matches_finite_layer(width, normalize):
     r = moments(width, normalize)
     s, se = r["S_proj"]
     assert abs(s - 1) <= 4 * se, f"<S_hat, S>/<S, S> = {s:.4f} +- {se:.4f}"
-    _entries_within(r["S_hat"], r["S_se"], r["S"], 4.0)
+    assert r["S_hat"].max_z(r["S"]) <= 4.0
 
 
 @pytest.mark.parametrize("normalize", [None, "rms"])
@@ -95,15 +85,14 @@ def test_attention_terms_at_high_temperature():
     block = sd.ShapedAttention(tau0=0.5, gamma=0.9, key_dim=32)
     V3 = sd.default_covariance(3, rho=0.3)
     width = 256
-    dV, cv = increments(block, V3, width, 4000, jax.random.key(5))
+    dV, cv = one_layer_increments(block, V3, width=width, n_samples=4000, key=jax.random.key(5))
     b = np.asarray(sd.drift(block, V3), np.float64)
     S = np.asarray(sd.diffusion_cov(block, V3), np.float64)
     S_lin = 0.81 * (2 - 0.81) * np.asarray(sd.blocks.attention.lin(V3), np.float64)
-    b_hat, b_se = drift_estimate(dV, cv, width)
-    s, se = projection(b_hat, b_se, b, width * (dV - cv))
+    s, se = drift_estimate(dV, cv, width).projection(b)
     assert abs(s - 1) <= 4 * se, f"drift {s:.3f} +- {se:.3f}"
-    xi = math.sqrt(width) * (dV - dV.mean(0))
-    P = np.einsum("sab,scd->sabcd", xi, xi) - S_lin
-    s, se = projection(P.mean(0), None, S - S_lin, P)
+    S_hat = diffusion_estimate(dV, width)
+    att = type(S_hat)(S_hat.mean - S_lin, S_hat.se, S_hat.samples - S_lin)
+    s, se = att.projection(S - S_lin)
     assert abs(s - 1) <= 4 * se, f"attention part of Sigma {s:.3f} +- {se:.3f}"
     assert se < 0.1  # resolves a 40% error in the attention noise

@@ -2,5 +2,8 @@
 
 from .attention import ShapedAttention, StandardAttention
 from .base import Block, NoSDELimitError
+from .mlp import ShapedMLP
+from .transformer import ShapedTransformerBlock
 
-__all__ = ["Block", "NoSDELimitError", "ShapedAttention", "StandardAttention"]
+__all__ = ["Block", "NoSDELimitError", "ShapedAttention", "ShapedMLP", "ShapedTransformerBlock",
+           "StandardAttention"]

@@ -34,7 +34,7 @@ from jax import Array
 from ..linalg import centring, lin
 from ..reduced import gaussian_product, maybe_normalize, residual_gram, root
 from ..validation import check_int, check_real
-from .base import Block, rms_rows
+from .base import Block, residual_output
 
 
 def _check_heads(heads: object) -> float | int:
@@ -70,25 +70,31 @@ class _Attention(Block):
             raise ValueError(f"key_dim = width // heads = {width} // {self.heads} is 0; "
                              "use width >= heads or set key_dim")
 
-    def layer_parts(self, key: Array, X: Array) -> tuple[Array, Array, Array]:
-        """Per head h: logits S_h (m, m), attention A_h (m, m) and values B_h = X W^V_h / sqrt(n)
-        (m, n), all from fresh Gaussian weights; the layer is lambda X + gamma / sqrt(H) *
-        sum_h A_h B_h. Exposed so that tests can build control variates from the same draw."""
+    def logits(self, key: Array, X: Array) -> Array:
+        """S_h = (X W^Q_h / sqrt n)(X W^K_h / sqrt n)^T / sqrt(n_k), shape (H, m, m)."""
         m, n = X.shape
         H, nk = int(self.heads), self.head_key_dim(n)
-        kq, kk, kv = jax.random.split(key, 3)
+        kq, kk = jax.random.split(key)
         Q = X @ jax.random.normal(kq, (H, n, nk), X.dtype) / math.sqrt(n)
         K = X @ jax.random.normal(kk, (H, n, nk), X.dtype) / math.sqrt(n)
-        B = X @ jax.random.normal(kv, (H, n, n), X.dtype) / math.sqrt(n)
-        S = Q @ jnp.swapaxes(K, -1, -2) / math.sqrt(nk)
-        A = jax.vmap(self.attention_matrix, (0, None, None))(S, _mask(m, self.causal), n)
-        return S, A, B
+        return Q @ jnp.swapaxes(K, -1, -2) / math.sqrt(nk)
 
-    def layer(self, key: Array, X: Array, normalize: str | None) -> Array:
-        _, A, B = self.layer_parts(key, X)
-        branch = jnp.sum(A @ B, axis=0) / math.sqrt(A.shape[0])
-        X = math.sqrt(1.0 - self.gamma**2) * X + self.gamma * branch
-        return rms_rows(X) if normalize == "rms" else X
+    def layer_with_control(self, key: Array, X: Array,
+                           normalize: str | None) -> tuple[Array, Array]:
+        m, n = X.shape
+        H = int(self.heads)
+        k_s, k_v = jax.random.split(key)
+        S = self.logits(k_s, X)
+        A = jax.vmap(self.attention_matrix, (0, None, None))(S, _mask(m, self.causal), n)
+        F = jnp.transpose(A @ X, (1, 0, 2)).reshape(m, H * n) / math.sqrt(H)  # heads' A_h X
+        W = jax.random.normal(k_v, (H * n, n), X.dtype)  # the stacked W^V_h
+        return residual_output(X, F, W, self.gamma, normalize, self.branch_cv(S, X))
+
+    def branch_cv(self, S: Array, X: Array) -> Array:
+        """Zero-mean first-order part of gamma^2 (F F^T / n - V) = gamma^2 (mean_h A_h V A_h^T
+        - V): for the shaped softmax, gamma^2 / (tau0 sqrt n) mean_h (P1_h V + V P1_h^T), with
+        P1_h linear in S_h (row a: S_{a.} C_a / k_a), hence of mean zero."""
+        return jnp.zeros((X.shape[0], X.shape[0]), X.dtype)
 
     def reduced_layer(self, key: Array, V: Array, width: int, normalize: str | None) -> Array:
         m = V.shape[0]
@@ -118,6 +124,14 @@ class ShapedAttention(_Attention):
         if not isinstance(causal, bool):
             raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
         self.causal = causal
+
+    def branch_cv(self, S: Array, X: Array) -> Array:
+        n = X.shape[1]
+        V = X @ X.T / n
+        C, k, _ = self._row_ops(V)
+        P1 = jnp.einsum("hab,abc->hac", S, C) / k[:, None]  # softmax = U + eps P1 + O(eps^2)
+        P1V = jnp.mean(P1 @ V, axis=0)
+        return self.gamma**2 / (self.tau0 * math.sqrt(n)) * (P1V + P1V.T)
 
     def attention_matrix(self, S: Array, mask: Array, width: int) -> Array:
         logits = jnp.where(mask, S / (self.tau0 * math.sqrt(width)), -jnp.inf)

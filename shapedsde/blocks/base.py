@@ -14,6 +14,7 @@ normalisation (``shapedsde.normalize``) only use this interface, so a new block 
 from __future__ import annotations
 
 import abc
+import math
 from typing import Any
 
 import equinox as eqx
@@ -52,8 +53,16 @@ class Block(eqx.Module):
         """Noise increment, linear in ``dW`` of shape (n_noise, m, m), with ``L L^T = V``."""
 
     @abc.abstractmethod
+    def layer_with_control(self, key: Array, X: Array,
+                           normalize: str | None) -> tuple[Array, Array]:
+        """One unit of depth of the finite network, X of shape (m, width), with real Gaussian
+        weights; also returns a control variate: the part of V' - V that is first order in the
+        weights and has conditional mean exactly zero (used by ``shapedsde.moments`` to
+        estimate n E[dV] with O(1) instead of O(sqrt n) fluctuations)."""
+
     def layer(self, key: Array, X: Array, normalize: str | None) -> Array:
-        """One unit of depth of the finite network, X of shape (m, width)."""
+        """One unit of depth of the finite network (XLA drops the unused control variate)."""
+        return self.layer_with_control(key, X, normalize)[0]
 
     def reduced_layer(self, key: Array, V: Array, width: int, normalize: str | None) -> Array:
         """The same layer sampled exactly in law on m x m matrices (``shapedsde.reduced``):
@@ -94,3 +103,30 @@ def _jsonable(v: Any) -> Any:
 def rms_rows(X: Array) -> Array:
     """RMS normalisation without gain: rescale every row (token) of X to norm sqrt(width)."""
     return X * jax.lax.rsqrt(jnp.mean(X * X, axis=-1, keepdims=True))
+
+
+def residual_output(X: Array, F: Array, W: Array, gamma: float, normalize: str | None,
+                    branch_cv: Array) -> tuple[Array, Array]:
+    """The residual update X' = lambda X + gamma B, B = F W / sqrt(n), shared by all blocks.
+
+    F (m, p) are the branch's features before its fresh output projection W (p, n). Since
+    lambda^2 + gamma^2 = 1, exactly
+
+        V' - V = lambda gamma (X B^T + B X^T) / n + gamma^2 (B B^T - F F^T) / n
+                 + gamma^2 (F F^T / n - V),
+
+    where the first two terms have conditional mean zero given F. They and ``branch_cv`` (the
+    zero-mean first-order part of gamma^2 (F F^T / n - V), supplied by the block) form the
+    control variate returned with X'. Under "rms" X' is renormalised and the control variate
+    pushed through Df(V), still of mean zero.
+    """
+    n = X.shape[-1]
+    lam = math.sqrt(1.0 - gamma**2)
+    B = F @ W / math.sqrt(n)
+    cv = lam * gamma * (X @ B.T + B @ X.T) / n + gamma**2 * (B @ B.T - F @ F.T) / n + branch_cv
+    X1 = lam * X + gamma * B
+    if normalize != "rms":
+        return X1, cv
+    from ..normalize import rms  # local: normalize imports nothing from blocks, but keep light
+
+    return rms_rows(X1), jax.jvp(rms, (X @ X.T / n,), (cv,))[1]
