@@ -1,0 +1,90 @@
+r"""Shaped MLP residual sub-block (shaped ReLU of Li, Nica and Roy, 2022).
+
+Finite layer, hidden width n (= the width), s_pm = 1 + c_pm / sqrt(n):
+
+    phi(x) = s_+ max(x, 0) + s_- min(x, 0),   c = sqrt(2 / (s_+^2 + s_-^2)),
+    X'     = lambda X + gamma c phi(X W_1 / sqrt n) W_2 / sqrt n.
+
+SDE limit (SPEC section 3), with rho_ab = V_ab / sqrt(V_aa V_bb):
+
+    b(V)_ab  = gamma^2 nu(rho_ab) sqrt(V_aa V_bb),
+    nu(rho)  = (c_+ - c_-)^2 / (2 pi) (sqrt(1 - rho^2) - rho arccos rho),
+    Sigma(V) = 2 gamma^2 Lin(V),      cheap noise: gamma (N + N^T), N = L dW L^T.
+"""
+
+from __future__ import annotations
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jax import Array
+
+from ..linalg import lin
+from ..reduced import maybe_normalize, residual_gram, root
+from ..validation import check_real
+from .base import Block, residual_output
+
+
+def nu(rho: Array, c_plus: float, c_minus: float) -> Array:
+    """nu(rho) = (c_+ - c_-)^2 / (2 pi) (sqrt(1 - rho^2) - rho arccos rho); nu(1) = 0."""
+    rho = jnp.clip(rho, -1.0, 1.0)
+    return (c_plus - c_minus) ** 2 / (2 * math.pi) * (
+        jnp.sqrt(jnp.clip(1.0 - rho * rho, 0.0)) - rho * jnp.arccos(rho))
+
+
+class ShapedMLP(Block):
+    """Shaped-ReLU MLP residual sub-block; hidden width equals the width."""
+
+    gamma: float = eqx.field(static=True)
+    c_plus: float = eqx.field(static=True)
+    c_minus: float = eqx.field(static=True)
+
+    def __init__(self, gamma: float = 0.5, c_plus: float = 0.0, c_minus: float = -1.0):
+        self.gamma = check_real("gamma", gamma, low=0.0, high=1.0)
+        self.c_plus = check_real("c_plus", c_plus)
+        self.c_minus = check_real("c_minus", c_minus)
+
+    def activation(self, Y: Array, width: int) -> Array:
+        """c phi(Y) at hidden width n."""
+        s_plus = 1.0 + self.c_plus / math.sqrt(width)
+        s_minus = 1.0 + self.c_minus / math.sqrt(width)
+        c = math.sqrt(2.0 / (s_plus**2 + s_minus**2))
+        return c * (s_plus * jnp.maximum(Y, 0.0) + s_minus * jnp.minimum(Y, 0.0))
+
+    # -- finite layer --------------------------------------------------------------------
+    def layer_with_control(self, key: Array, X: Array,
+                           normalize: str | None) -> tuple[Array, Array]:
+        n = X.shape[1]
+        k1, k2 = jax.random.split(key)
+        Y = X @ jax.random.normal(k1, (n, n), X.dtype) / math.sqrt(n)
+        # gamma^2 (F F^T / n - V) = gamma^2 (Y Y^T / n - V) + O(1/n); the former has mean 0
+        branch_cv = self.gamma**2 * (Y @ Y.T - X @ X.T) / n
+        W2 = jax.random.normal(k2, (n, n), X.dtype)
+        return residual_output(X, self.activation(Y, n), W2, self.gamma, normalize, branch_cv)
+
+    def reduced_layer(self, key: Array, V: Array, width: int, normalize: str | None) -> Array:
+        # X W_1 / sqrt(n) = L Z_1 in law; the branch then enters only through F F^T / n
+        k1, k2 = jax.random.split(key)
+        L = root(V)
+        F = self.activation(L @ jax.random.normal(k1, (V.shape[0], width), V.dtype), width)
+        L_M = root(F @ F.T / width)
+        return maybe_normalize(residual_gram(k2, L, L_M, self.gamma, width), normalize)
+
+    # -- SDE coefficients ----------------------------------------------------------------
+    @property
+    def n_noise(self) -> int:
+        return 1
+
+    def drift(self, V: Array) -> Array:
+        d = jnp.sqrt(jnp.diagonal(V))
+        scale = jnp.outer(d, d)
+        return self.gamma**2 * nu(V / scale, self.c_plus, self.c_minus) * scale
+
+    def diffusion_cov(self, V: Array) -> Array:
+        return 2.0 * self.gamma**2 * lin(V)
+
+    def noise(self, V: Array, L: Array, dW: Array) -> Array:
+        N = L @ dW[0] @ L.T
+        return self.gamma * (N + N.T)

@@ -1,0 +1,43 @@
+"""Deterministic helpers shared by the coefficient tests."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import shapedsde as sd
+from shapedsde.linalg import psd_sqrt
+
+
+def noise_covariance(block: sd.Block, V: jax.Array) -> jax.Array:
+    """sum_i u_i (x) u_i over the unit Brownian directions u_i = noise(V, L, e_i)."""
+    m = V.shape[0]
+    L, _ = psd_sqrt(V)
+    basis = jnp.eye(block.n_noise * m * m).reshape(-1, block.n_noise, m, m)
+    u = jax.vmap(lambda e: block.noise(V, L, e))(basis)
+    return jnp.einsum("iab,icd->abcd", u, u)
+
+
+def fd_ito(block, V64: np.ndarray, h: float = 1e-4) -> tuple[np.ndarray, np.ndarray]:
+    """Ito coefficients of f(V) = D^-1/2 V D^-1/2 with Df, D^2f from central differences in
+    float64 over the m^2 entries (no autodiff), Sigma from diffusion_cov."""
+    m = V64.shape[0]
+
+    def f(W):
+        d = np.sqrt(np.diag(W))
+        return W / np.outer(d, d)
+
+    E = np.eye(m * m).reshape(m * m, m, m)
+    J = np.stack([(f(V64 + h * e) - f(V64 - h * e)) / (2 * h) for e in E])  # [ij, a, b]
+    Hs = np.empty((m * m, m * m, m, m))
+    for p, ep in enumerate(E):
+        for q, eq in enumerate(E):
+            Hs[p, q] = (f(V64 + h * (ep + eq)) - f(V64 + h * (ep - eq))
+                        - f(V64 - h * (ep - eq)) + f(V64 - h * (ep + eq))) / (4 * h * h)
+    b = np.asarray(block.drift(jnp.asarray(V64, jnp.float32)), np.float64).reshape(m * m)
+    S = np.asarray(block.diffusion_cov(jnp.asarray(V64, jnp.float32)), np.float64)
+    S = S.reshape(m * m, m * m)
+    drift = np.einsum("pab,p->ab", J, b) + 0.5 * np.einsum("pqab,pq->ab", Hs, S)
+    diff = np.einsum("pab,pq,qcd->abcd", J, S, J)
+    return drift, diff
