@@ -15,21 +15,41 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
-from .blocks import Block, ShapedAttention
+from .blocks import Block, ShapedAttention, ShapedMLP, ShapedTransformerBlock
 from .defaults import default_covariance
 from .validation import check_int, check_real, check_width
 
 PROG = "shapedsde"
-BLOCKS = ("attention",)
+BLOCKS = ("attention", "mlp", "transformer")
 
 
 def build_block(args: argparse.Namespace) -> Block:
     """The block named by ``--block``, configured from the parsed options (the one place that
     maps options to blocks: a new block adds its choice to BLOCKS and a branch here)."""
+    heads = math.inf if args.heads == "inf" else int(args.heads)
+    attention = ShapedAttention(tau0=args.tau0, gamma=args.gamma, heads=heads,
+                                causal=args.causal)
+    mlp = ShapedMLP(gamma=args.gamma, c_plus=args.c_plus, c_minus=args.c_minus)
     if args.block == "attention":
-        return ShapedAttention(tau0=args.tau0, gamma=args.gamma, heads=args.heads,
-                               causal=args.causal)
+        return attention
+    if args.block == "mlp":
+        return mlp
+    if args.block == "transformer":
+        return ShapedTransformerBlock(attention, mlp)
     raise ValueError(f"block must be one of {BLOCKS}, got {args.block!r}")
+
+
+def _heads(text: str) -> str:
+    """An integer >= 1, or 'inf' (SDE only: infinitely many heads, no attention noise)."""
+    if text == "inf":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer or 'inf': {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"heads must be an integer >= 1 or 'inf', got {value}")
+    return text
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -55,14 +75,21 @@ def _real(text: str) -> float:
 def _common_options() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     model = p.add_argument_group("model")
-    model.add_argument("--block", choices=BLOCKS, default="attention", help="residual block")
+    model.add_argument("--block", choices=BLOCKS, default="attention",
+                       help="residual block: shaped attention, shaped MLP, or both in turn "
+                            "(the Transformer block); gamma applies to each sub-block")
     model.add_argument("--tokens", type=int, default=4,
                        help="number of tokens m; V0 = default_covariance(m), V0_ab = 0.8^|a-b|")
     model.add_argument("--gamma", type=_real, default=0.5,
                        help="branch weight, 0 < gamma <= 1 (X' = lambda X + gamma branch)")
     model.add_argument("--tau0", type=_real, default=1.0,
                        help="attention temperature, tau = tau0 sqrt(width), tau0 > 0")
-    model.add_argument("--heads", type=int, default=1, help="attention heads")
+    model.add_argument("--heads", type=_heads, default="1",
+                       help="attention heads, or 'inf' (SDE only)")
+    model.add_argument("--c-plus", type=_real, default=0.0,
+                       help="shaped ReLU slope shift c_+ (MLP: s_+ = 1 + c_+ / sqrt(n))")
+    model.add_argument("--c-minus", type=_real, default=-1.0,
+                       help="shaped ReLU slope shift c_- (MLP: s_- = 1 + c_- / sqrt(n))")
     model.add_argument("--causal", action="store_true", help="causal attention mask")
     model.add_argument("--normalize", choices=("none", "rms"), default="rms",
                        help="'rms': rescale tokens after every block (V is a correlation)")

@@ -112,3 +112,20 @@ def test_module_entry_point_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "shapedsde: error: gamma must lie in (0, 1], got 2" in proc.stderr
+
+
+@pytest.mark.slow  # compiles two more SDEs and networks
+@pytest.mark.parametrize("block", ["mlp", "transformer"])
+def test_compare_other_blocks(tmp_path, capsys, block):
+    argv = ["compare", *FAST, "--block", block, "--width", "16", "--method", "full",
+            "--heads", "2", "--out", str(tmp_path / "b.png")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    name = {"mlp": "ShapedMLP", "transformer": "ShapedTransformerBlock"}[block]
+    assert out.startswith(name) and "rho[0,1]" in out
+
+
+def test_infinite_heads_only_for_the_sde(tmp_path, capsys):
+    assert main(["simulate", *FAST, "--heads", "inf", "--out", str(tmp_path / "s.npz")]) == 0
+    assert main(["compare", *FAST, "--heads", "inf", "--width", "16"]) == 2
+    assert "heads=math.inf exists only in the SDE limit" in capsys.readouterr().err
