@@ -92,9 +92,17 @@ class _Attention(Block):
 
     def branch_cv(self, S: Array, X: Array) -> Array:
         """Zero-mean first-order part of gamma^2 (F F^T / n - V) = gamma^2 (mean_h A_h V A_h^T
-        - V): for the shaped softmax, gamma^2 / (tau0 sqrt n) mean_h (P1_h V + V P1_h^T), with
-        P1_h linear in S_h (row a: S_{a.} C_a / k_a), hence of mean zero."""
+        - V). The standard softmax has no small-logit expansion: zero (a valid, weak choice)."""
         return jnp.zeros((X.shape[0], X.shape[0]), X.dtype)
+
+    def _set_common(self, gamma: float, heads: object, key_dim: int | None,
+                    causal: bool) -> None:
+        self.gamma = check_real("gamma", gamma, low=0.0, high=1.0)
+        self.heads = _check_heads(heads)
+        self.key_dim = None if key_dim is None else check_int("key_dim", key_dim, low=1)
+        if not isinstance(causal, bool):
+            raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
+        self.causal = causal
 
     def reduced_layer(self, key: Array, V: Array, width: int, normalize: str | None) -> Array:
         m = V.shape[0]
@@ -118,14 +126,11 @@ class ShapedAttention(_Attention):
     def __init__(self, tau0: float = 1.0, gamma: float = 0.5, heads: float | int = 1,
                  key_dim: int | None = None, causal: bool = False):
         self.tau0 = check_real("tau0", tau0, low=0.0)
-        self.gamma = check_real("gamma", gamma, low=0.0, high=1.0)
-        self.heads = _check_heads(heads)
-        self.key_dim = None if key_dim is None else check_int("key_dim", key_dim, low=1)
-        if not isinstance(causal, bool):
-            raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
-        self.causal = causal
+        self._set_common(gamma, heads, key_dim, causal)
 
     def branch_cv(self, S: Array, X: Array) -> Array:
+        """gamma^2 / (tau0 sqrt n) mean_h (P1_h V + V P1_h^T), P1_h the first-order term of the
+        shaped softmax (row a: S_{a.} C_a / k_a), linear in S_h and so of mean zero."""
         n = X.shape[1]
         V = X @ X.T / n
         C, k, _ = self._row_ops(V)
@@ -206,12 +211,7 @@ class StandardAttention(_Attention):
 
     def __init__(self, gamma: float = 0.5, heads: int = 1, key_dim: int | None = None,
                  causal: bool = False):
-        self.gamma = check_real("gamma", gamma, low=0.0, high=1.0)
-        self.heads = check_int("heads", heads, low=1)
-        self.key_dim = None if key_dim is None else check_int("key_dim", key_dim, low=1)
-        if not isinstance(causal, bool):
-            raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
-        self.causal = causal
+        self._set_common(gamma, check_int("heads", heads, low=1), key_dim, causal)
 
     @property
     def has_sde(self) -> bool:
