@@ -44,12 +44,10 @@ def _heads(text: str) -> str:
     if text == "inf":
         return text
     try:
-        value = int(text)
+        int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an integer or 'inf': {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"heads must be an integer >= 1 or 'inf', got {value}")
-    return text
+    return text  # the range is checked by ShapedAttention, like every other model value
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter):

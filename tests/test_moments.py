@@ -69,11 +69,12 @@ def test_ten_percent_error_is_detected(normalize):
 
 def test_error_shrinks_with_width():
     """The rms diffusion carries an O(1/n) finite-width bias that is resolvable at n = 16
-    (about +8%) and below the Monte Carlo error from n = 64 on."""
-    errs = {w: moments(w, "rms")["S_proj"] for w in (16, 64, 256, 1024)}
+    (about +8%) and below the Monte Carlo error from n = 64 on. (At n = 1024 the SE with 1000
+    samples, ~4%, is too large for this comparison; it is checked at 4 SE above.)"""
+    errs = {w: moments(w, "rms")["S_proj"] for w in (16, 64, 256)}
     e16, se16 = abs(errs[16][0] - 1), errs[16][1]
     assert e16 > 4 * se16, f"width 16 bias {e16:.3f} not resolved (SE {se16:.3f})"
-    for w in (64, 256, 1024):
+    for w in (64, 256):
         e, se = abs(errs[w][0] - 1), errs[w][1]
         assert e16 - e > 2 * math.hypot(se16, se), f"width {w}: {e:.3f} vs {e16:.3f}"
 

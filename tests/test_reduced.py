@@ -5,8 +5,10 @@ at every width, so two-sample KS tests between ``method="full"`` (key 0) and the
 simulator (key 1, requested as ``method="auto"``, which must pick it) must not reject: at the
 final time, for each off-diagonal correlation rho[a,b], each diagonal entry V[a,a] (both from
 ``compare``) and each off-diagonal entry V[a,b] (helper below).
-Widths m + 2 = 6 (the Wishart tail is then singular and the key width per head can be < m) and
-64; every statistical case draws 2000 samples per method.
+Every block kind (shaped and standard attention with heads and causal masks, the shaped MLP,
+the Transformer block; with and without "rms"). Widths m + 2 = 6 (the Wishart tail is then
+singular and the key width per head can be < m) and 64; every statistical case draws 2000
+samples per method.
 
 Multiple testing: a case runs up to 16 KS tests (6 rho, 4 diagonal V, 6 off-diagonal V; fewer
 under "rms", where V[a,a] = 1 is constant). We assert min p >= 0.01 / (number of tests), the
@@ -41,6 +43,10 @@ BLOCKS = {
     "shaped-causal": (ShapedAttention(causal=True), None),
     "standard": (StandardAttention(), None),
     "standard-2heads-causal": (StandardAttention(heads=2, causal=True), None),
+    "mlp": (sd.ShapedMLP(c_plus=0.5, c_minus=-2.0), None),
+    "mlp-rms": (sd.ShapedMLP(), "rms"),
+    "transformer": (sd.ShapedTransformerBlock(ShapedAttention(heads=2), sd.ShapedMLP()), None),
+    "transformer-rms": (sd.ShapedTransformerBlock(), "rms"),
 }
 
 

@@ -80,8 +80,20 @@ def test_near_singular_start_gives_no_nan():
 
 
 def test_float64_switch():
-    tr = sd.solve_sde(BLOCK, V0, key=jax.random.key(0), n_paths=2, dtype="float64", **KW)
-    assert tr.V.dtype == np.float64
+    """dtype="float64" switches on x64 (process-wide); float32 runs still work after it."""
+    was = jax.config.jax_enable_x64
+    try:
+        tr = sd.solve_sde(BLOCK, V0, key=jax.random.key(0), n_paths=2, dtype="float64", **KW)
+        assert tr.V.dtype == np.float64
+        for method in ("full", "reduced"):
+            net = sd.simulate_network(sd.ShapedTransformerBlock(), V0, width=8, depth=2,
+                                      n_samples=2, key=jax.random.key(0), method=method,
+                                      progress=False)
+            assert net.V.dtype == np.float32
+        assert sd.solve_sde(BLOCK, V0, key=jax.random.key(0), n_paths=2, **KW).V.dtype \
+            == np.float32
+    finally:
+        jax.config.update("jax_enable_x64", was)
 
 
 @pytest.mark.slow

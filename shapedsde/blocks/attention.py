@@ -140,7 +140,7 @@ class ShapedAttention(_Attention):
 
     def attention_matrix(self, S: Array, mask: Array, width: int) -> Array:
         logits = jnp.where(mask, S / (self.tau0 * math.sqrt(width)), -jnp.inf)
-        U = mask / jnp.sum(mask, axis=1, keepdims=True)
+        U = (mask / jnp.sum(mask, axis=1, keepdims=True)).astype(S.dtype)
         return jnp.eye(S.shape[0], dtype=S.dtype) + jax.nn.softmax(logits, axis=1) - U
 
     @property
