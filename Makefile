@@ -17,7 +17,7 @@ demo: $(INSTALLED)
 	$(VENV)/bin/shapedsde compare --out figures/demo.png
 
 test: $(INSTALLED)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 	$(VENV)/bin/ruff check $(LINT_DIRS)
 
 test-fast: $(INSTALLED)

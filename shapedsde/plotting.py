@@ -60,7 +60,9 @@ def plot_correlation_bands(
         colour = f"C{k}"
         for ax, (a, b) in zip(axes.flat, pairs, strict=False):
             lo, med, hi = band[:, :, a, b]
-            ax.fill_between(valid.t, lo, hi, color=colour, alpha=0.25, linewidth=0)
+            ax.fill_between(valid.t, lo, hi, color=colour, alpha=0.18, linewidth=0)
+            for edge in (lo, hi):  # dashed edges keep overlapping bands readable
+                ax.plot(valid.t, edge, color=colour, lw=0.9, ls="--")
             ax.plot(valid.t, med, color=colour, lw=1.8, label=f"{label} (n={valid.n_samples})")
 
     for ax, (a, b) in zip(axes.flat, pairs, strict=False):

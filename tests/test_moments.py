@@ -3,7 +3,7 @@
 
 Key width 32 keeps the weight draws affordable: the coefficients do not depend on n_k
 (E[S_ab S_cd] = V_ac V_bd for every n_k). Sample sizes give standard errors of about 2% on the
-scalar projections at width 256 and 1.3% at width 64, where a 10% error in either coefficient
+scalar projections at width 256 and 1-2% at width 64, where a 10% error in either coefficient
 is shown to be rejected at 4 SE.
 """
 
@@ -24,12 +24,14 @@ pytestmark = pytest.mark.slow
 V = sd.default_covariance(3)
 BLOCK = sd.ShapedAttention(tau0=1.0, gamma=0.5, key_dim=32)
 SAMPLES = {16: 16000, 64: 12000, 256: 4000, 1024: 1000}
+SAMPLES_RMS_64 = 40000  # the rms drift fluctuates most (its Ito term is quadratic in the noise)
 CASES = [(256, None), (256, "rms"), (1024, None), (1024, "rms")]
 
 
 @cache
 def moments(width: int, normalize: str | None) -> dict:
-    dV, cv = one_layer_increments(BLOCK, V, width=width, n_samples=SAMPLES[width],
+    n = SAMPLES_RMS_64 if (width, normalize) == (64, "rms") else SAMPLES[width]
+    dV, cv = one_layer_increments(BLOCK, V, width=width, n_samples=n,
                                   key=jax.random.key(width), normalize=normalize)
     b_hat, S_hat = drift_estimate(dV, cv, width), diffusion_estimate(dV, width)
     b = np.asarray(sd.drift(BLOCK, V, normalize), np.float64)
@@ -59,10 +61,7 @@ def test_ten_percent_error_is_detected(normalize):
     """The checks above have power: a coefficient off by 10% lies > 4 SE from the estimate.
     (Projection onto c * target equals s / c.)"""
     r = moments(64, normalize)
-    checks = [("diffusion", r["S_proj"])]
-    if normalize is None:  # the rms drift's SE (~3%) is too large at this sample size
-        checks.append(("drift", r["b_proj"]))
-    for name, (s, se) in checks:
+    for name, (s, se) in (("diffusion", r["S_proj"]), ("drift", r["b_proj"])):
         for c in (0.9, 1.1):
             assert abs(s / c - 1) > 4 * se / c, f"{name} scaled by {c} not rejected"
 
