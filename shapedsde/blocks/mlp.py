@@ -46,6 +46,19 @@ class ShapedMLP(Block):
         self.c_plus = check_real("c_plus", c_plus)
         self.c_minus = check_real("c_minus", c_minus)
 
+    def slopes(self, width: int) -> tuple[float, float]:
+        """(a, d) with phi(y) = a y + d |y|: the mean and half-difference of s_+ and s_-."""
+        s_plus = 1.0 + self.c_plus / math.sqrt(width)
+        s_minus = 1.0 + self.c_minus / math.sqrt(width)
+        return (s_plus + s_minus) / 2, (s_plus - s_minus) / 2
+
+    def drift_factor(self, width: int) -> float:
+        """n E[V' - V | V] of one finite layer equals drift_factor(n) * b(V) exactly:
+        c^2 = 1 / (a^2 + d^2) = 1 - (c_+ + c_-) / sqrt(n) + O(1/n), so the finite MLP approaches
+        its SDE drift only at rate n^{-1/2} (n d^2 = (c_+ - c_-)^2 / 4 holds at every n)."""
+        a, d = self.slopes(width)
+        return 1.0 / (a * a + d * d)
+
     def activation(self, Y: Array, width: int) -> Array:
         """c phi(Y) at hidden width n."""
         s_plus = 1.0 + self.c_plus / math.sqrt(width)
@@ -59,8 +72,13 @@ class ShapedMLP(Block):
         n = X.shape[1]
         k1, k2 = jax.random.split(key)
         Y = X @ jax.random.normal(k1, (n, n), X.dtype) / math.sqrt(n)
-        # gamma^2 (F F^T / n - V) = gamma^2 (Y Y^T / n - V) + O(1/n); the former has mean 0
-        branch_cv = self.gamma**2 * (Y @ Y.T - X @ X.T) / n
+        # c phi(y) = c (a y + d |y|) with a, d the mean and half-difference of the slopes, and
+        # c^2 = 1 / (a^2 + d^2). Of gamma^2 (F F^T / n - V), the parts gamma^2 (Y Y^T / n - V)
+        # and gamma^2 c^2 a d (Y |Y|^T + |Y| Y^T) / n have mean zero (E[y_a |y_b|] = 0); what
+        # remains, gamma^2 c^2 d^2 (|Y| |Y|^T - Y Y^T) / n, carries the drift.
+        a, d = self.slopes(n)
+        YA = Y @ jnp.abs(Y).T
+        branch_cv = self.gamma**2 * (Y @ Y.T - X @ X.T + a * d / (a * a + d * d) * (YA + YA.T)) / n
         W2 = jax.random.normal(k2, (n, n), X.dtype)
         return residual_output(X, self.activation(Y, n), W2, self.gamma, normalize, branch_cv)
 
