@@ -201,6 +201,8 @@ def solve_sde(block: Block, V0: object, T: float, *, key: Array, dt: float = 2.0
     Returns:
         ``Trajectories`` with ``t`` (n_save,), ``V`` (n_paths, n_save, m, m) and blow-up flags.
     """
+    if not isinstance(block, Block):
+        raise TypeError(f"block must be a shapedsde Block, got {type(block).__name__}")
     block.require_sde()
     V0 = check_covariance(V0)
     T = check_real("T", T, low=0.0)

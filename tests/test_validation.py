@@ -37,6 +37,10 @@ def test_type_errors():
         sd.ShapedAttention(causal=1)
     with pytest.raises(TypeError, match="block must be a shapedsde Block"):
         sd.drift("attention", V0)
+    with pytest.raises(TypeError, match="block must be a shapedsde Block"):
+        sd.solve_sde("attention", V0, 1.0, key=KEY)
+    with pytest.raises(TypeError, match="block must be a shapedsde Block"):
+        sd.simulate_network("attention", V0, width=8, depth=1, n_samples=1, key=KEY)
 
 
 @pytest.mark.parametrize("V,match", [
