@@ -21,20 +21,21 @@ def lin(V: Array) -> Array:
     return jnp.einsum("ac,bd->abcd", V, V) + jnp.einsum("ad,bc->abcd", V, V)
 
 
-def psd_sqrt(V: Array) -> tuple[Array, Array]:
-    """Symmetric square root of the PSD part of a symmetric V, and its smallest eigenvalue.
+def psd_parts(V: Array) -> tuple[Array, Array, Array]:
+    """Projection of a symmetric V onto the PSD cone, its symmetric square root, and V's
+    eigenvalues (ascending, unclipped), from one ``eigh``.
 
-    ``L = Q diag(sqrt(max(lambda, 0))) Q^T`` so that ``L L^T`` is the projection of V onto the
-    PSD cone (equal to V when V is PSD). Negative eigenvalues (V left the cone, e.g. after an
-    Euler step) are clipped instead of producing NaN; the returned smallest eigenvalue lets the
-    caller count such events.
+    Negative eigenvalues (V left the cone, e.g. after an Euler step) are clipped to zero instead
+    of producing NaN; the returned eigenvalues let the caller detect and count such events.
     """
     lam, Q = jnp.linalg.eigh(sym(V))
-    L = (Q * jnp.sqrt(jnp.clip(lam, 0.0))[..., None, :]) @ jnp.swapaxes(Q, -1, -2)
+    lam_c = jnp.clip(lam, 0.0)[..., None, :]
+    Qt = jnp.swapaxes(Q, -1, -2)
+    return (Q * lam_c) @ Qt, (Q * jnp.sqrt(lam_c)) @ Qt, lam
+
+
+def psd_sqrt(V: Array) -> tuple[Array, Array]:
+    """Symmetric square root L of the PSD part of V (L L^T = V when V is PSD) and V's smallest
+    eigenvalue."""
+    _, L, lam = psd_parts(V)
     return L, lam[..., 0]
-
-
-def psd_project(V: Array) -> Array:
-    """Nearest PSD matrix in Frobenius norm (eigenvalues clipped at zero)."""
-    L, _ = psd_sqrt(V)
-    return L @ L

@@ -30,7 +30,7 @@ from jax import Array
 from ._batching import run_chunked
 from ._precision import resolve_dtype
 from .blocks.base import Block
-from .linalg import sym
+from .linalg import psd_parts, sym
 from .normalize import ito_drift, ito_noise, rms
 from .trajectories import Trajectories
 from .validation import check_covariance, check_int, check_normalize, check_real
@@ -124,12 +124,9 @@ class _GuardedEuler(diffrax.Euler):
 def _onto_state_space(V: Array, normalize: str | None) -> tuple[Array, Array, Array]:
     """Symmetrise, project onto the PSD cone if needed, normalise; return (V, L, left_cone)."""
     V = sym(V)
-    lam, Q = jnp.linalg.eigh(V)
-    tol = 100 * jnp.finfo(V.dtype).eps * jnp.max(jnp.abs(lam))
-    left_cone = lam[0] < -tol
-    lam = jnp.clip(lam, 0.0)
-    L = (Q * jnp.sqrt(lam)) @ Q.T
-    V = jnp.where(left_cone, (Q * lam) @ Q.T, V)
+    V_psd, L, lam = psd_parts(V)
+    left_cone = lam[0] < -100 * jnp.finfo(V.dtype).eps * jnp.max(jnp.abs(lam))
+    V = jnp.where(left_cone, V_psd, V)
     if normalize == "rms":
         s = jax.lax.rsqrt(jnp.clip(jnp.diagonal(V), jnp.finfo(V.dtype).tiny))
         V = V * s[:, None] * s[None, :]

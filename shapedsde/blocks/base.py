@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
+from ..normalize import rms
+
 
 class NoSDELimitError(ValueError):
     """Raised when an SDE quantity is requested from a block that has no SDE limit."""
@@ -127,6 +129,4 @@ def residual_output(X: Array, F: Array, W: Array, gamma: float, normalize: str |
     X1 = lam * X + gamma * B
     if normalize != "rms":
         return X1, cv
-    from ..normalize import rms  # local: normalize imports nothing from blocks, but keep light
-
     return rms_rows(X1), jax.jvp(rms, (X @ X.T / n,), (cv,))[1]

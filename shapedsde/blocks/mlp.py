@@ -83,12 +83,12 @@ class ShapedMLP(Block):
         return residual_output(X, self.activation(Y, n), W2, self.gamma, normalize, branch_cv)
 
     def reduced_layer(self, key: Array, V: Array, width: int, normalize: str | None) -> Array:
-        # X W_1 / sqrt(n) = L Z_1 in law; the branch then enters only through F F^T / n
+        # X W_1 / sqrt(n) = L Z_1 in law; residual_gram reduces F / sqrt(n) to an m x m root
         k1, k2 = jax.random.split(key)
         L = root(V)
         F = self.activation(L @ jax.random.normal(k1, (V.shape[0], width), V.dtype), width)
-        L_M = root(F @ F.T / width)
-        return maybe_normalize(residual_gram(k2, L, L_M, self.gamma, width), normalize)
+        return maybe_normalize(residual_gram(k2, L, F / math.sqrt(width), self.gamma, width),
+                               normalize)
 
     # -- SDE coefficients ----------------------------------------------------------------
     @property
