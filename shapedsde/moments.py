@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -38,15 +39,22 @@ def one_layer_increments(block: Block, V: object, *, width: int, n_samples: int,
     if normalize == "rms":
         V = np.asarray(rms(jnp.asarray(V)), np.float64)
     X0 = jnp.asarray(initial_features(V, width), jnp.float32)
+    keys = jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(n_samples))
+    dV, cv = _increments(block, X0, keys, normalize, batch_size)
+    return np.asarray(dV, np.float64), np.asarray(cv, np.float64)
+
+
+@eqx.filter_jit
+def _increments(block: Block, X0: Array, keys: Array, normalize: str | None,
+                batch_size: int) -> tuple[Array, Array]:
+    """Compiled once per (block, shapes, normalize): repeated calls reuse it."""
     V0 = gram(X0)
 
     def one(k: Array) -> tuple[Array, Array]:
         X1, cv = block.layer_with_control(k, X0, normalize)
         return gram(X1) - V0, cv
 
-    keys = jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(n_samples))
-    dV, cv = jax.jit(lambda ks: jax.lax.map(one, ks, batch_size=batch_size))(keys)
-    return np.asarray(dV, np.float64), np.asarray(cv, np.float64)
+    return jax.lax.map(one, keys, batch_size=batch_size)
 
 
 @dataclass(frozen=True)
