@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 from jax import Array
 
@@ -11,9 +12,11 @@ def sym(V: Array) -> Array:
     return 0.5 * (V + jnp.swapaxes(V, -1, -2))
 
 
-def centring(m: int, dtype=jnp.float32) -> Array:
-    """H = I - 1 1^T / m, the projector orthogonal to the all-ones vector."""
-    return jnp.eye(m, dtype=dtype) - jnp.full((m, m), 1.0 / m, dtype=dtype)
+def total(x: Array) -> Array:
+    """Sum of all entries of x, written as a product with a ones vector: under ``vmap`` this is
+    one matrix-vector product, which XLA on CPU runs several times faster than a batch of small
+    reductions (``jnp.sum``) or of small dot products (``jnp.vdot``)."""
+    return x.reshape(-1) @ jnp.ones(x.size, x.dtype)
 
 
 def lin(V: Array) -> Array:
@@ -39,3 +42,23 @@ def psd_sqrt(V: Array) -> tuple[Array, Array]:
     eigenvalue."""
     _, L, lam = psd_parts(V)
     return L, lam[..., 0]
+
+
+def cholesky(V: Array) -> tuple[Array, Array]:
+    """Lower Cholesky factor of the last two axes, unrolled over columns in plain ``jnp``, and
+    whether it exists (every pivot finite and > 0), shape ``V.shape[:-2]``.
+
+    For the small matrices of the SDE (m <= a few dozen) a fused, batch-vectorised elimination
+    is several times faster on CPU than a LAPACK call per matrix. Where V is not positive
+    definite the factor holds inf or NaN and must not be used.
+    """
+    m = V.shape[-1]
+    A, cols = V, []
+    ok = jnp.ones(V.shape[:-2], bool)
+    for j in range(m):  # A is the trailing (m - j) x (m - j) Schur complement
+        pivot = A[..., 0, 0]
+        ok = ok & (pivot > 0) & (pivot < jnp.inf)
+        c = A[..., :, 0] * jax.lax.rsqrt(pivot)[..., None]
+        cols.append(jnp.concatenate([jnp.zeros(c.shape[:-1] + (j,), c.dtype), c], -1))
+        A = A[..., 1:, 1:] - c[..., 1:, None] * c[..., None, 1:]
+    return jnp.stack(cols, -1), ok

@@ -18,7 +18,7 @@ import numpy as np
 from jax import Array
 from tqdm.auto import tqdm
 
-from ._batching import chunks, path_keys
+from ._batching import chunks, over_devices, padded_chunk_size, path_keys
 from ._precision import resolve_dtype
 from .blocks.base import Block, rms_rows
 from .trajectories import Trajectories
@@ -56,20 +56,22 @@ def _covariance(Z: Array, method: str) -> Array:
 @eqx.filter_jit
 def _advance(block: Block, keys: Array, states: _NetworkState, first_layer: Array,
              n_layers: Array, width: int, method: str, normalize: str | None,
-             bound: float) -> tuple[_NetworkState, Array]:
-    """Apply layers first_layer + 1, ..., first_layer + n_layers to a batch of samples."""
+             bound: Array) -> tuple[_NetworkState, Array]:
+    """Apply layers first_layer + 1, ..., first_layer + n_layers to a batch of samples (split
+    over the local devices)."""
 
     def layer(key: Array, Z: Array) -> Array:
         if method == "full":
             return block.layer(key, Z, normalize)
         return block.reduced_layer(key, Z, width, normalize)
 
-    def one(key: Array, s: _NetworkState) -> tuple[_NetworkState, Array]:
+    def one(key: Array, s: _NetworkState, first_layer: Array, n_layers: Array,
+            bound: Array) -> tuple[_NetworkState, Array]:
         def body(i: Array, s: _NetworkState) -> _NetworkState:
             index = first_layer + i + 1
             Z1 = layer(jax.random.fold_in(key, index), s.Z)
             V1 = _covariance(Z1, method)
-            bad = ~jnp.all(jnp.isfinite(V1)) | (jnp.max(jnp.abs(V1)) > bound)
+            bad = ~(jnp.max(jnp.abs(V1)) <= bound)  # also when V1 is not finite
             alive = s.t_explode < 0
             t = (index / width).astype(s.Z.dtype)
             return _NetworkState(Z=jnp.where(alive & ~bad, Z1, s.Z),
@@ -78,7 +80,9 @@ def _advance(block: Block, keys: Array, states: _NetworkState, first_layer: Arra
         s = jax.lax.fori_loop(0, n_layers, body, s)
         return s, _covariance(s.Z, method)
 
-    return jax.vmap(one)(keys, states)
+    batched = jax.vmap(one, (0, 0, None, None, None))
+    return over_devices(lambda batch, *args: batched(*batch, *args), (keys, states),
+                        first_layer, n_layers, bound)
 
 
 def save_layers(depth: int, n_save: int) -> np.ndarray:
@@ -100,7 +104,8 @@ def default_chunk_size(width: int, heads: int = 1) -> int:
 def simulate_network(block: Block, V0: object, *, width: int, depth: int, n_samples: int,
                      key: Array, n_save: int = 11, normalize: str | None = None,
                      method: str = "auto", blowup_bound: float = 1e3, dtype: str = "float32",
-                     chunk_size: int | None = None, progress: bool = True) -> Trajectories:
+                     chunk_size: int | None = None, first_sample: int = 0,
+                     progress: bool = True) -> Trajectories:
     """Simulate the finite network of ``depth`` blocks at ``width`` from covariance ``V0``.
 
     Args:
@@ -118,7 +123,11 @@ def simulate_network(block: Block, V0: object, *, width: int, depth: int, n_samp
         blowup_bound: a sample with |V_ab| > ``blowup_bound * max(diag V0)`` (or overflow) is
             frozen and flagged, as in ``solve_sde``.
         dtype: "float32" or "float64".
-        chunk_size: samples per compiled call (default: about 256 MB of weights).
+        chunk_size: samples per compiled call (default: about 256 MB of weights), rounded up
+            to a multiple of the local device count; samples are split over the local devices.
+        first_sample: index of the first sample: the call returns samples first_sample, ...,
+            first_sample + n_samples - 1, exactly as part of a larger call would (to split a
+            run over processes or hosts).
         progress: show a progress bar.
 
     Returns:
@@ -132,6 +141,7 @@ def simulate_network(block: Block, V0: object, *, width: int, depth: int, n_samp
     block.check_width(width)
     depth = check_int("depth", depth, low=1)
     n_samples = check_int("n_samples", n_samples, low=1)
+    first_sample = check_int("first_sample", first_sample, low=0)
     n_save = check_int("n_save", n_save, low=2)
     normalize = check_normalize(normalize)
     blowup_bound = check_real("blowup_bound", blowup_bound, low=1.0)
@@ -147,20 +157,20 @@ def simulate_network(block: Block, V0: object, *, width: int, depth: int, n_samp
         V0 = V0 / np.outer(d, d)
     if chunk_size is None:
         chunk_size = 512 if method == "reduced" else default_chunk_size(width, block_heads(block))
-    chunk_size = min(check_int("chunk_size", chunk_size, low=1), n_samples)
+    chunk_size = padded_chunk_size(n_samples, check_int("chunk_size", chunk_size, low=1))
 
     layers = save_layers(depth, n_save)
     X0 = jnp.asarray(initial_features(V0, width), jdtype)
     if normalize == "rms":
         X0 = rms_rows(X0)
     Z0 = X0 if method == "full" else gram(X0)
-    bound = blowup_bound * float(np.max(np.diag(V0)))
+    bound = jnp.asarray(blowup_bound * float(np.max(np.diag(V0))), jdtype)
     V_parts, t_parts = [], []
     steps = -(-n_samples // chunk_size)
     with tqdm(total=steps * int(depth), desc="network layers", unit="layer", leave=False,
               disable=not progress) as bar:
         for start, size in chunks(n_samples, chunk_size):
-            keys = path_keys(key, start, chunk_size)
+            keys = path_keys(key, first_sample + start, chunk_size)
             states = _NetworkState(Z=jnp.broadcast_to(Z0, (chunk_size, *Z0.shape)),
                                    t_explode=-jnp.ones(chunk_size, jdtype))
             saved = [np.broadcast_to(np.asarray(gram(X0)), (chunk_size, m, m))]
@@ -177,5 +187,6 @@ def simulate_network(block: Block, V0: object, *, width: int, depth: int, n_samp
         t=layers / width, V=np.concatenate(V_parts), exploded=exploded,
         explosion_time=np.where(exploded, t_exp, np.inf),
         config={"kind": "network", "block": block.config(), "width": width, "depth": depth,
-                "n_samples": n_samples, "method": method, "normalize": normalize,
+                "n_samples": n_samples, "first_sample": first_sample, "method": method,
+                "normalize": normalize,
                 "blowup_bound": blowup_bound, "dtype": dtype, "V0": V0.tolist()})

@@ -2,17 +2,25 @@ r"""Euler-Maruyama integration of the covariance SDE with diffrax, batched over 
 
     dV = b(V) dt + noise(V, L, dW),   L L^T = V,   dW: ``block.n_noise`` m x m Brownian matrices
 
-The noise is the block's "cheap noise" (O(m^3) per step, no m^2 x m^2 square root). After each
-Euler step the solver (``_GuardedEuler``) keeps V on the state space:
+The noise is the block's "cheap noise" (O(m^3) per step, no m^2 x m^2 square root). A chunk of
+paths is integrated as one diffrax system whose state holds every path's V (B, m, m), so the
+per-step machinery of ``diffeqsolve`` is paid once per chunk, not once per path. After each
+Euler step the solver (``_GuardedEuler``) keeps every path on the state space:
 
-* symmetrises V and projects it back onto the PSD cone when the step left it (counted per path
-  in ``Trajectories.psd_repairs``); the eigendecomposition also gives the square root L used by
-  the next step, so one ``eigh`` per step is the whole linear-algebra cost;
+* symmetrises V and takes its Cholesky factor L (used by the next step's noise). Where V is not
+  positive definite it falls back to one ``eigh``: projection onto the PSD cone when the step
+  left it (counted per path in ``Trajectories.psd_repairs``) and the eigen square root;
 * ``normalize="rms"``, scheme "project": applies f(V) = D^{-1/2} V D^{-1/2} after the step, as
   the network does after every block (consistent with the Ito-transformed SDE to O(dt));
   scheme "ito": integrates the Ito-transformed coefficients of ``shapedsde.normalize``;
 * blow-up (SPEC section 3): a step that leaves ``|V_ab| <= blowup_bound * max_a V0_aa`` or is
   not finite freezes the path at its last state and records the explosion time.
+
+Randomness is per path: path i's Brownian increment on grid step k is a pure function of
+(``fold_in(key, i)``, k) (``shapedsde._random``), so a path does not depend on the chunk, the
+batch or the number of devices it runs on. Blocks whose noise uses a Brownian matrix only
+through dW + dW^T (``Block.noise_symmetric``) get m (m + 1) / 2 normals for it instead of m^2.
+Chunks are split over the local JAX devices (``shapedsde._batching.over_devices``).
 """
 
 from __future__ import annotations
@@ -27,22 +35,26 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-from ._batching import run_chunked
+from ._batching import over_devices, run_chunked
 from ._precision import resolve_dtype
+from ._random import matrix_normals, path_key_words
 from .blocks.base import Block
-from .linalg import psd_parts, sym
+from .linalg import cholesky, psd_parts, sym
 from .normalize import ito_drift, ito_noise, rms
 from .trajectories import Trajectories
 from .validation import check_covariance, check_int, check_normalize, check_real
 
 SCHEMES = ("project", "ito")
+_MAX_STEPS = {"float32": 2**22, "float64": 2**50}  # t0 * steps_per_time rounds to the step
 
 
 class SDEState(NamedTuple):
-    V: Array  # (m, m) covariance
-    L: Array  # (m, m) square root of V, L L^T = V
-    t_explode: Array  # time of blow-up, -1 while the path is alive
-    repairs: Array  # number of steps that left the PSD cone
+    """State of a batch of B paths (the solver integrates the batch as one system)."""
+
+    V: Array  # (B, m, m) covariance
+    L: Array  # (B, m, m) square root of V, L L^T = V
+    t_explode: Array  # (B,) time of blow-up, -1 while the path is alive
+    repairs: Array  # (B,) number of steps that left the PSD cone
 
 
 class _DriftTerm(diffrax.AbstractTerm):
@@ -51,7 +63,7 @@ class _DriftTerm(diffrax.AbstractTerm):
     sde: CovarianceSDE
 
     def vf(self, t, y: SDEState, args) -> Array:
-        return self.sde.drift(y)
+        return jax.vmap(self.sde.drift)(y)
 
     def contr(self, t0, t1, **kwargs):
         return t1 - t0
@@ -61,27 +73,38 @@ class _DriftTerm(diffrax.AbstractTerm):
 
 
 class _NoiseTerm(diffrax.AbstractTerm):
-    """Matrix-Brownian noise term: control dW (n_noise, m, m), product noise(V, L, dW)."""
+    """Matrix-Brownian noise term: control dW (B, n_noise, m, m), product noise(V, L, dW).
+
+    Path i's increment over the grid step k (t0 = k / steps_per_time) is sqrt(t1 - t0) times the
+    normals of stream k under path i's Threefry key ``words[i]`` (``shapedsde._random``): a pure
+    function of (path key, step), so a path does not depend on the batch it is solved in."""
 
     sde: CovarianceSDE
-    path: diffrax.AbstractBrownianPath
+    words: Array  # (B, 2) uint32
+    steps_per_time: Array  # grid steps per unit time
 
     def vf(self, t, y: SDEState, args) -> SDEState:
         return y
 
     def contr(self, t0, t1, **kwargs) -> Array:
-        return self.path.evaluate(t0, t1)
+        step = jnp.round(t0 * self.steps_per_time).astype(jnp.uint32)
+        block, (m, dtype) = self.sde.block, (self.sde.m, self.sde.dtype)
+        z = jax.vmap(matrix_normals, (0, None, None, None, None))(
+            self.words, step, m, block.noise_symmetric, dtype)
+        return z * jnp.sqrt(t1 - t0)
 
     def prod(self, vf: SDEState, control: Array) -> Array:
-        return self.sde.noise(vf, control)
+        return jax.vmap(self.sde.noise)(vf, control)
 
 
 class CovarianceSDE(eqx.Module):
-    """The SDE of one block under one normalisation: drift and noise of the state V."""
+    """The SDE of one block under one normalisation: drift and noise of one path's state."""
 
     block: Block
     normalize: str | None = eqx.field(static=True)
     scheme: str = eqx.field(static=True)
+    m: int = eqx.field(static=True)
+    dtype: str = eqx.field(static=True)
 
     def drift(self, y: SDEState) -> Array:
         if self.normalize == "rms" and self.scheme == "ito":
@@ -98,7 +121,7 @@ class CovarianceSDE(eqx.Module):
 
 class _GuardedEuler(diffrax.Euler):
     """Euler-Maruyama step followed by symmetrisation, PSD repair, optional normalisation and
-    the blow-up freeze described in the module docstring."""
+    the blow-up freeze described in the module docstring (all per path, on a batch)."""
 
     sde: CovarianceSDE
     bound: float
@@ -108,37 +131,57 @@ class _GuardedEuler(diffrax.Euler):
         drift_term, noise_term = terms.terms
         dV = drift_term.vf_prod(t0, y0, args, drift_term.contr(t0, t1)) \
             + noise_term.vf_prod(t0, y0, args, noise_term.contr(t0, t1))
-        V1, L1, left_cone = _onto_state_space(y0.V + dV, self.sde.normalize)
+        V1 = sym(y0.V + dV)
+        size = jnp.max(jnp.abs(V1), axis=(1, 2))  # NaN or inf if V1 is not finite
         alive = y0.t_explode < 0
-        bad = ~jnp.all(jnp.isfinite(V1)) | (jnp.max(jnp.abs(V1)) > self.bound)
+        bad = ~(size <= self.bound)
         keep = alive & ~bad
+        V1, L1, left_cone = _onto_state_space(V1, self.sde.normalize, keep)
         y1 = SDEState(
-            V=jnp.where(keep, V1, y0.V),
-            L=jnp.where(keep, L1, y0.L),
+            V=jnp.where(keep[:, None, None], V1, y0.V),
+            L=jnp.where(keep[:, None, None], L1, y0.L),
             t_explode=jnp.where(alive & bad, jnp.asarray(t1, y0.V.dtype), y0.t_explode),
             repairs=y0.repairs + (keep & left_cone).astype(y0.repairs.dtype),
         )
         return y1, None, dict(y0=y0, y1=y1), None, diffrax.RESULTS.successful
 
 
-def _onto_state_space(V: Array, normalize: str | None) -> tuple[Array, Array, Array]:
-    """Symmetrise, project onto the PSD cone if needed, normalise; return (V, L, left_cone)."""
-    V = sym(V)
-    V_psd, L, lam = psd_parts(V)
-    left_cone = lam[0] < -100 * jnp.finfo(V.dtype).eps * jnp.max(jnp.abs(lam))
-    V = jnp.where(left_cone, V_psd, V)
+def _onto_state_space(V: Array, normalize: str | None,
+                      active: Array) -> tuple[Array, Array, Array]:
+    """Project a symmetric batch V (B, m, m) onto the PSD cone where needed and normalise;
+    return (V, L, left_cone). ``active`` (B,) marks the paths whose result is used.
+
+    L is the Cholesky factor; where it does not exist (V singular or outside the cone) the
+    eigendecomposition gives the projection and the symmetric square root. The ``eigh`` runs
+    only on steps where some active path needs it (a batch-level ``cond``: frozen or exploding
+    paths must not trigger it at every step), and each path takes the eigen result only if its
+    own Cholesky failed, so results stay per path.
+    """
+    L, ok = cholesky(V)
+
+    def repair(V: Array, L: Array) -> tuple[Array, Array, Array]:
+        V_psd, L_eig, lam = psd_parts(V)
+        tol = 100 * jnp.finfo(V.dtype).eps * jnp.max(jnp.abs(lam), axis=1)
+        left = ~ok & (lam[:, 0] < -tol)
+        return (jnp.where(left[:, None, None], V_psd, V),
+                jnp.where(ok[:, None, None], L, L_eig), left)
+
+    V, L, left_cone = jax.lax.cond(jnp.all(ok | ~active),
+                                   lambda V, L: (V, L, jnp.zeros_like(ok)), repair, V, L)
     if normalize == "rms":
-        s = jax.lax.rsqrt(jnp.clip(jnp.diagonal(V), jnp.finfo(V.dtype).tiny))
-        V = V * s[:, None] * s[None, :]
-        V = V.at[jnp.diag_indices(V.shape[0])].set(1.0)
-        L = s[:, None] * L
+        s = jax.lax.rsqrt(jnp.clip(jnp.diagonal(V, axis1=1, axis2=2), jnp.finfo(V.dtype).tiny))
+        V = V * s[:, :, None] * s[:, None, :]
+        V = jnp.where(jnp.eye(V.shape[1], dtype=bool), jnp.ones((), V.dtype), V)
+        L = s[:, :, None] * L
     return V, L, left_cone
 
 
-def initial_state(V0: Array, normalize: str | None) -> SDEState:
-    V, L, _ = _onto_state_space(V0, normalize)
-    zero = jnp.zeros((), V.dtype)
-    return SDEState(V=V, L=L, t_explode=zero - 1, repairs=jnp.zeros((), jnp.int32))
+def initial_state(V0: Array, n_paths: int, normalize: str | None) -> SDEState:
+    V, L, _ = _onto_state_space(sym(V0[None]), normalize, jnp.ones((1,), bool))
+    zeros = jnp.zeros((n_paths,), V.dtype)
+    return SDEState(V=jnp.broadcast_to(V, (n_paths,) + V0.shape),
+                    L=jnp.broadcast_to(L, (n_paths,) + V0.shape), t_explode=zeros - 1,
+                    repairs=jnp.zeros((n_paths,), jnp.int32))
 
 
 def time_grid(T: float, dt: float, n_save: int) -> tuple[np.ndarray, np.ndarray]:
@@ -148,33 +191,35 @@ def time_grid(T: float, dt: float, n_save: int) -> tuple[np.ndarray, np.ndarray]
     return grid, grid[::per_save]
 
 
+def _solve_batch(sde: CovarianceSDE, words: Array, V0: Array, grid: Array, save_ts: Array,
+                 bound: Array, steps_per_time: Array) -> tuple[Array, Array, Array]:
+    """Integrate the paths of keys ``words`` (B, 2) as one diffrax system."""
+    terms = diffrax.MultiTerm(_DriftTerm(sde), _NoiseTerm(sde, words, steps_per_time))
+    saveat = diffrax.SaveAt(subs=[
+        diffrax.SubSaveAt(ts=save_ts, fn=lambda t, y, args: y.V),
+        diffrax.SubSaveAt(t1=True, fn=lambda t, y, args: (y.t_explode, y.repairs)),
+    ])
+    sol = diffrax.diffeqsolve(
+        terms, _GuardedEuler(sde, bound), grid[0], grid[-1], dt0=None,
+        y0=initial_state(V0, words.shape[0], sde.normalize), saveat=saveat,
+        stepsize_controller=diffrax.StepTo(ts=grid), max_steps=grid.shape[0] - 1,
+        adjoint=diffrax.ForwardMode())
+    Vs, (t_exp, repairs) = sol.ys
+    return jnp.swapaxes(Vs, 0, 1), t_exp[0], repairs[0]
+
+
 @eqx.filter_jit
-def _solve_paths(sde: CovarianceSDE, keys: Array, y0: SDEState, grid: Array, save_ts: Array,
-                 bound: float) -> tuple[Array, Array, Array]:
-    m = y0.V.shape[0]
-    shape = jax.ShapeDtypeStruct((sde.block.n_noise, m, m), y0.V.dtype)
-
-    def one(key: Array) -> tuple[Array, Array, Array]:
-        terms = diffrax.MultiTerm(_DriftTerm(sde),
-                                  _NoiseTerm(sde, diffrax.UnsafeBrownianPath(shape, key)))
-        saveat = diffrax.SaveAt(subs=[
-            diffrax.SubSaveAt(ts=save_ts, fn=lambda t, y, args: y.V),
-            diffrax.SubSaveAt(t1=True, fn=lambda t, y, args: (y.t_explode, y.repairs)),
-        ])
-        sol = diffrax.diffeqsolve(
-            terms, _GuardedEuler(sde, bound), grid[0], grid[-1], dt0=None, y0=y0,
-            saveat=saveat, stepsize_controller=diffrax.StepTo(ts=grid),
-            max_steps=grid.shape[0] - 1, adjoint=diffrax.ForwardMode())
-        Vs, (t_exp, repairs) = sol.ys
-        return Vs, t_exp[0], repairs[0]
-
-    return jax.vmap(one)(keys)
+def _solve_paths(sde: CovarianceSDE, keys: Array, *args: Array) -> tuple[Array, Array, Array]:
+    """Solve the paths of ``keys``, split over the local devices; args as ``_solve_batch``."""
+    words = jax.vmap(path_key_words)(keys)
+    return over_devices(lambda w, *args: _solve_batch(sde, w, *args), words, *args)
 
 
 def solve_sde(block: Block, V0: object, T: float, *, key: Array, dt: float = 2.0**-8,
               n_paths: int = 1000, n_save: int = 11, normalize: str | None = None,
               scheme: str = "project", blowup_bound: float = 1e3, dtype: str = "float32",
-              chunk_size: int = 1024, progress: bool = True) -> Trajectories:
+              chunk_size: int = 1024, first_path: int = 0,
+              progress: bool = True) -> Trajectories:
     """Integrate the covariance SDE of ``block`` from ``V0`` to time ``T`` for ``n_paths`` paths.
 
     Args:
@@ -192,7 +237,12 @@ def solve_sde(block: Block, V0: object, T: float, *, key: Array, dt: float = 2.0
         blowup_bound: a path whose |V_ab| exceeds ``blowup_bound * max(diag V0)`` is frozen
             and flagged as exploded (the un-normalised SDE may explode in finite time).
         dtype: "float32" or "float64" (the latter enables ``jax_enable_x64``).
-        chunk_size: paths integrated per compiled call (bounds memory; results unchanged).
+        chunk_size: paths integrated per compiled call (bounds memory; results unchanged),
+            rounded up to a multiple of the local device count; each chunk is split over the
+            local devices (``jax.local_devices()``).
+        first_path: index of the first path: the call returns paths first_path, ...,
+            first_path + n_paths - 1, exactly as part of a larger call would (to split a run
+            over processes or hosts).
         progress: show a progress bar.
 
     Returns:
@@ -205,6 +255,7 @@ def solve_sde(block: Block, V0: object, T: float, *, key: Array, dt: float = 2.0
     T = check_real("T", T, low=0.0)
     dt = check_real("dt", dt, low=0.0)
     n_paths = check_int("n_paths", n_paths, low=1)
+    first_path = check_int("first_path", first_path, low=0)
     n_save = check_int("n_save", n_save, low=2)
     normalize = check_normalize(normalize)
     if scheme not in SCHEMES:
@@ -215,16 +266,20 @@ def solve_sde(block: Block, V0: object, T: float, *, key: Array, dt: float = 2.0
 
     grid, save_ts = time_grid(T, dt, n_save)
     scale = 1.0 if normalize == "rms" else float(np.max(np.diag(V0)))
-    sde = CovarianceSDE(block, normalize, scheme)
-    y0 = initial_state(jnp.asarray(V0, jdtype), normalize)
-    grid_j, save_j = jnp.asarray(grid, jdtype), jnp.asarray(save_ts, jdtype)
+    n_steps = len(grid) - 1
+    if n_steps > _MAX_STEPS[dtype]:
+        raise ValueError(f"T / dt = {n_steps} steps exceeds {_MAX_STEPS[dtype]} (the step "
+                         f"index must be exact in {dtype}); increase dt or use float64")
+    sde = CovarianceSDE(block, normalize, scheme, V0.shape[0], dtype)
+    args = (jnp.asarray(V0, jdtype), jnp.asarray(grid, jdtype), jnp.asarray(save_ts, jdtype),
+            jnp.asarray(blowup_bound * scale, jdtype), jnp.asarray(n_steps / T, jdtype))
     Vs, t_exp, repairs = run_chunked(
-        lambda keys: _solve_paths(sde, keys, y0, grid_j, save_j, blowup_bound * scale),
-        key, n_paths, chunk_size, progress=progress, desc="SDE paths")
+        lambda keys: _solve_paths(sde, keys, *args),
+        key, n_paths, chunk_size, first=first_path, progress=progress, desc="SDE paths")
     exploded = t_exp >= 0
     return Trajectories(
         t=np.asarray(save_ts), V=Vs, exploded=exploded,
         explosion_time=np.where(exploded, t_exp, np.inf), psd_repairs=repairs,
         config={"kind": "sde", "block": block.config(), "T": T, "dt": float(grid[1]),
-                "n_paths": n_paths, "normalize": normalize, "scheme": scheme,
-                "blowup_bound": blowup_bound, "dtype": dtype, "V0": V0.tolist()})
+                "n_paths": n_paths, "first_path": first_path, "normalize": normalize,
+                "scheme": scheme, "blowup_bound": blowup_bound, "dtype": dtype, "V0": V0.tolist()})

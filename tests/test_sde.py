@@ -40,6 +40,46 @@ def test_path_does_not_depend_on_batch_or_chunk_size(normalize):
     np.testing.assert_allclose(small.V, big.V[:3], rtol=1e-6, atol=1e-6)
 
 
+def test_first_path_continues_the_same_run():
+    """Paths first_path, ... of a call are those paths of a larger call (to split runs)."""
+    whole = sd.solve_sde(BLOCK, V0, key=jax.random.key(5), n_paths=7, **KW)
+    tail = sd.solve_sde(BLOCK, V0, key=jax.random.key(5), n_paths=3, first_path=4, **KW)
+    np.testing.assert_allclose(tail.V, whole.V[4:], rtol=1e-6, atol=1e-6)
+    net = dict(width=8, depth=4, key=jax.random.key(5), progress=False)
+    whole = sd.simulate_network(BLOCK, V0, n_samples=5, **net)
+    tail = sd.simulate_network(BLOCK, V0, n_samples=2, first_sample=3, **net)
+    np.testing.assert_allclose(tail.V, whole.V[3:], rtol=1e-6, atol=1e-6)
+
+
+def _backend_compiles(fn) -> int:
+    events: list[str] = []
+
+    def listener(event: str, duration: float, **kwargs) -> None:
+        if event == "/jax/core/compile/backend_compile_duration":
+            events.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        fn()
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    return len(events)
+
+
+def test_repeated_calls_with_the_same_shapes_do_not_recompile():
+    """Keys, V0 values, T and dt at the same number of steps, and the blow-up bound are traced
+    values: after the first call nothing is compiled again."""
+    kw = dict(n_paths=4, n_save=5, progress=False)
+    sd.solve_sde(BLOCK, V0, 0.25, key=jax.random.key(0), dt=1 / 64, **kw)
+    V1 = sd.default_covariance(3, rho=0.3)
+    assert _backend_compiles(lambda: sd.solve_sde(
+        BLOCK, 2.0 * V1, 0.5, key=jax.random.key(1), dt=1 / 32, blowup_bound=50.0, **kw)) == 0
+    net = dict(width=8, depth=4, n_samples=3, progress=False)
+    sd.simulate_network(BLOCK, V0, key=jax.random.key(0), **net)
+    assert _backend_compiles(lambda: sd.simulate_network(
+        BLOCK, 2.0 * V1, key=jax.random.key(1), blowup_bound=50.0, **net)) == 0
+
+
 @pytest.mark.parametrize("scheme", ["project", "ito"])
 def test_rms_paths_are_correlation_matrices(scheme):
     tr = sd.solve_sde(sd.ShapedAttention(gamma=0.9, tau0=0.5), V0, key=jax.random.key(2),

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from ..linalg import centring, lin
+from ..linalg import lin, total
 from ..reduced import gaussian_product, maybe_normalize, residual_gram, root
 from ..validation import check_int, check_real
 from .base import Block, residual_output
@@ -147,6 +147,10 @@ class ShapedAttention(_Attention):
     def n_noise(self) -> int:
         return 1 if self.heads == math.inf else 2
 
+    @property
+    def noise_symmetric(self) -> tuple[bool, ...]:
+        return (True, False)[: self.n_noise]  # dW_2 enters through N_2 H V, not symmetrised
+
     # -- SDE coefficients ---------------------------------------------------------------
     def _row_ops(self, V: Array) -> tuple[Array, Array, Array]:
         """Per-row centring C_a (m, m, m), counts k_a (m,) and mask M of the softmax."""
@@ -159,13 +163,17 @@ class ShapedAttention(_Attention):
     def drift(self, V: Array) -> Array:
         if self.causal:
             return self.drift_masked(V)
-        m = V.shape[0]  # closed form of drift_masked for the full mask, O(m^3)
-        Vt = centring(m, V.dtype) @ V @ centring(m, V.dtype)
-        a = jnp.diag(V)
-        beta = jnp.diag(Vt) - jnp.trace(Vt) / m
+        # Closed form of drift_masked for the full mask, O(m^2). Sums are written as products
+        # (XLA on CPU runs small reductions slowly) and diag(H V H) comes from the means c.
+        m = V.shape[0]
+        c = V @ jnp.full((m,), 1.0 / m, V.dtype)  # row means = column means (V symmetric)
+        Vt = V - c[:, None] - c[None, :] + total(c) / m  # H V H
+        a = jnp.diagonal(V)
+        d = a - 2.0 * c  # diag(H V H) - mean(c)
+        beta = d - total(d) / m
         Vb = V @ beta
         first = (jnp.outer(a, Vb) + jnp.outer(Vb, a)) / (2 * m)
-        return self.gamma**2 / self.tau0**2 * (first + jnp.sum(Vt * Vt) * V / m**2)
+        return self.gamma**2 / self.tau0**2 * (first + total(Vt * Vt) * V / m**2)
 
     def drift_masked(self, V: Array) -> Array:
         """The drift from the general per-row (masked) formula, O(m^4)."""
@@ -200,7 +208,11 @@ class ShapedAttention(_Attention):
         if self.heads == math.inf:
             return out
         N2 = L @ dW[1] @ L.T
-        Y = jnp.einsum("ae,aeb->ab", N2, self._attention_rows(V))
+        if self.causal:
+            Y = jnp.einsum("ae,aeb->ab", N2, self._attention_rows(V))
+        else:  # every row operator is C_a V / k_a = H V / m (the mean as a product: see total)
+            m = V.shape[0]
+            Y = N2 @ (V - jnp.full((m,), 1.0 / m, V.dtype) @ V) / m
         return out + self.gamma**2 / (self.tau0 * math.sqrt(self.heads)) * (Y + Y.T)
 
 

@@ -1,0 +1,253 @@
+"""Throughput of ``solve_sde`` (path-steps per second) against two plain baselines.
+
+The SDE is shaped attention (gamma 0.5, tau0 1, one head, no normalisation) from
+V0_ab = 0.8^|a-b| to T = 1 with dt = 1/256, float32. Three implementations, timed in the same run:
+
+* ``solve_sde``: the library (diffrax), as a user calls it (``progress=False``);
+* (a) ``scan``: a plain ``jax.lax.scan`` + ``vmap`` Euler-Maruyama written here from the SPEC
+  formulas: per-path threefry keys (``fold_in(key, step)`` then ``jax.random.normal``), a Cholesky
+  square root and two m x m Gaussian matrices per step;
+* (b) ``numpy``: the same Euler loop in NumPy, vectorised over paths (batched ``matmul`` and
+  ``linalg.cholesky``), looping over steps; and ``numpy loop``, the literal loop over paths and
+  steps (one m x m Cholesky and a few small products per path-step), timed on 20 paths.
+
+``--devices N`` starts JAX with N host CPU devices (``XLA_FLAGS``, before JAX is imported):
+``solve_sde`` then splits its paths over them, while the plain scan (a) runs on one device, as
+a user's jitted function would.
+
+Compilation is reported separately: "first call" is the first ``solve_sde`` call for a shape
+(tracing + compilation + run), "steady" the best of the timed repeats with other keys (identical
+shapes, so nothing recompiles). Achieved GFLOP/s use the flop model of ``flops_per_step``
+against the measured float32 matmul peak (best of n x n products).
+
+    .venv/bin/python benchmarks/sde_throughput.py               # full table, a few minutes
+    .venv/bin/python benchmarks/sde_throughput.py --quick       # m = 8 only, about 1 minute
+    .venv/bin/python benchmarks/sde_throughput.py --devices 2   # paths over 2 CPU devices
+
+Results are printed and written to benchmarks/results/sde_throughput.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+
+def _devices_from_argv(argv: list[str]) -> int:
+    for i, arg in enumerate(argv):
+        if arg.startswith("--devices"):
+            return int(arg.split("=", 1)[1] if "=" in arg else argv[i + 1])
+    return 1
+
+
+DEVICES = _devices_from_argv(sys.argv)
+if DEVICES > 1:  # must happen before JAX starts
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + f" --xla_force_host_platform_device_count={DEVICES}")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from network_cost import machine  # noqa: E402
+
+import shapedsde as sd  # noqa: E402
+
+GAMMA, TAU0, T, DT = 0.5, 1.0, 1.0, 2.0**-8
+MS = (4, 8, 16, 32)
+PATHS = (1000, 10000)
+
+
+def flops_per_step(m: int) -> float:
+    """Useful flops of one attention Euler step: 3 m x m matrix products per noise matrix pair
+    (L dW L^T twice, N_2 H V once) at 2 m^3 each, a Cholesky (m^3 / 3) and O(m^2) elementwise work
+    (drift, centring, symmetrisation), counted as 20 m^2."""
+    return 5 * 2 * m**3 + m**3 / 3 + 20 * m**2
+
+
+# -- (a) plain JAX Euler --------------------------------------------------------------------
+def _drift(V: jax.Array) -> jax.Array:
+    m = V.shape[0]
+    Vt = V - V.mean(0, keepdims=True) - V.mean(1, keepdims=True) + V.mean()
+    a = jnp.diag(V)
+    Vb = V @ (jnp.diag(Vt) - jnp.trace(Vt) / m)
+    first = (jnp.outer(a, Vb) + jnp.outer(Vb, a)) / (2 * m)
+    return GAMMA**2 / TAU0**2 * (first + jnp.sum(Vt * Vt) * V / m**2)
+
+
+def _noise(V: jax.Array, L: jax.Array, dW: jax.Array) -> jax.Array:
+    m = V.shape[0]
+    N1 = L @ dW[0] @ L.T
+    N2 = L @ dW[1] @ L.T
+    Y = N2 @ (V - V.mean(0, keepdims=True)) / m
+    return np.sqrt(GAMMA**2 * (2 - GAMMA**2) / 2) * (N1 + N1.T) + GAMMA**2 / TAU0 * (Y + Y.T)
+
+
+def scan_euler(V0: np.ndarray, n_paths: int, n_steps: int) -> Callable[[jax.Array], jax.Array]:
+    """Jitted function key -> final V of every path (n_paths, m, m)."""
+    m, dt = V0.shape[0], T / n_steps
+
+    def path(key: jax.Array) -> jax.Array:
+        def step(V: jax.Array, i: jax.Array) -> tuple[jax.Array, None]:
+            dW = jax.random.normal(jax.random.fold_in(key, i), (2, m, m)) * np.sqrt(dt)
+            L = jnp.linalg.cholesky(V)
+            V = V + _drift(V) * dt + _noise(V, L, dW)
+            return 0.5 * (V + V.T), None
+
+        return jax.lax.scan(step, jnp.asarray(V0, jnp.float32), jnp.arange(n_steps))[0]
+
+    return jax.jit(lambda key: jax.vmap(path)(jax.random.split(key, n_paths)))
+
+
+# -- (b) NumPy Euler ------------------------------------------------------------------------
+def _np_sqrt(V: np.ndarray) -> np.ndarray:
+    try:
+        return np.linalg.cholesky(V)
+    except np.linalg.LinAlgError:  # some path left the PSD cone: eigen square root, clipped
+        lam, Q = np.linalg.eigh(V)
+        return Q * np.sqrt(np.clip(lam, 0, None))[:, None, :]
+
+
+def numpy_euler(V0: np.ndarray, n_paths: int, n_steps: int, seed: int) -> np.ndarray:
+    """``n_steps`` Euler steps of size DT (the rate, not the horizon, is what is timed)."""
+    m, dt = V0.shape[0], DT
+    rng = np.random.default_rng(seed)
+    V = np.broadcast_to(V0.astype(np.float32), (n_paths, m, m)).copy()
+    c1, c2 = np.sqrt(GAMMA**2 * (2 - GAMMA**2) / 2), GAMMA**2 / TAU0
+    for _ in range(n_steps):
+        L = _np_sqrt(V)
+        Lt = np.swapaxes(L, 1, 2)
+        dW = rng.standard_normal((2, n_paths, m, m), dtype=np.float32) * np.float32(np.sqrt(dt))
+        N1, N2 = L @ dW[0] @ Lt, L @ dW[1] @ Lt
+        Y = N2 @ (V - V.mean(1, keepdims=True)) / m
+        Vt = V - V.mean(1, keepdims=True) - V.mean(2, keepdims=True) \
+            + V.mean((1, 2), keepdims=True)
+        a = np.diagonal(V, axis1=1, axis2=2)
+        dVt = np.diagonal(Vt, axis1=1, axis2=2)
+        Vb = np.einsum("pab,pb->pa", V, dVt - dVt.mean(1, keepdims=True))
+        first = (a[:, :, None] * Vb[:, None, :] + Vb[:, :, None] * a[:, None, :]) / (2 * m)
+        drift = GAMMA**2 / TAU0**2 * (first + (Vt * Vt).sum((1, 2))[:, None, None] * V / m**2)
+        V = V + drift * dt + c1 * (N1 + np.swapaxes(N1, 1, 2)) + c2 * (Y + np.swapaxes(Y, 1, 2))
+        V = 0.5 * (V + np.swapaxes(V, 1, 2))
+    return V
+
+
+def numpy_path_loop(V0: np.ndarray, n_paths: int, n_steps: int, seed: int) -> np.ndarray:
+    """The literal Euler loop: over paths, then steps, one m x m matrix at a time."""
+    m, dt = V0.shape[0], DT
+    rng = np.random.default_rng(seed)
+    c1, c2 = np.sqrt(GAMMA**2 * (2 - GAMMA**2) / 2), GAMMA**2 / TAU0
+    out = np.empty((n_paths, m, m), np.float32)
+    for p in range(n_paths):
+        V = V0.astype(np.float32)
+        for _ in range(n_steps):
+            L = _np_sqrt(V[None])[0]
+            dW = rng.standard_normal((2, m, m), dtype=np.float32) * np.float32(np.sqrt(dt))
+            N1, N2 = L @ dW[0] @ L.T, L @ dW[1] @ L.T
+            Y = N2 @ (V - V.mean(0)) / m
+            Vt = V - V.mean(0) - V.mean(1)[:, None] + V.mean()
+            a, dVt = np.diag(V), np.diag(Vt)
+            Vb = V @ (dVt - dVt.mean())
+            drift = GAMMA**2 / TAU0**2 * ((np.outer(a, Vb) + np.outer(Vb, a)) / (2 * m)
+                                          + np.sum(Vt * Vt) * V / m**2)
+            V = V + drift * dt + c1 * (N1 + N1.T) + c2 * (Y + Y.T)
+            V = 0.5 * (V + V.T)
+        out[p] = V
+    return out
+
+
+# -- timing ---------------------------------------------------------------------------------
+def best_time(fn: Callable[[int], object], repeats: int) -> float:
+    """Fastest of ``repeats`` calls fn(seed) with seeds 1, 2, ... (outputs pulled to host)."""
+    times = []
+    for seed in range(1, repeats + 1):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(seed))
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def matmul_peak(sizes: tuple[int, ...] = (256, 512, 1024, 2048)) -> float:
+    """Best float32 GFLOP/s of an n x n matrix product over ``sizes``."""
+    best = 0.0
+    for n in sizes:
+        a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)
+        f = jax.jit(lambda x: x @ x)
+        f(a).block_until_ready()
+        t = best_time(lambda _, f=f, a=a: f(a), 5)
+        best = max(best, 2 * n**3 / t / 1e9)
+    return best
+
+
+def measure(m: int, n_paths: int, repeats: int, numpy_steps: int) -> dict:
+    V0 = np.asarray(sd.default_covariance(m))
+    n_steps = round(T / DT)
+    block = sd.ShapedAttention(tau0=TAU0, gamma=GAMMA)
+
+    def library(seed: int) -> np.ndarray:
+        return sd.solve_sde(block, V0, T, key=jax.random.PRNGKey(seed), dt=DT, n_paths=n_paths,
+                            n_save=2, progress=False).V
+
+    t0 = time.perf_counter()
+    library(0)
+    first = time.perf_counter() - t0
+    t_lib = best_time(library, repeats)
+
+    scan = scan_euler(V0, n_paths, n_steps)
+    scan(jax.random.PRNGKey(0)).block_until_ready()
+    t_scan = best_time(lambda s: scan(jax.random.PRNGKey(s)), repeats)
+    t_np = best_time(lambda s: numpy_euler(V0, n_paths, numpy_steps, s), 1)
+    t_loop = best_time(lambda s: numpy_path_loop(V0, 20, 32, s), 1)
+
+    path_steps = n_paths * n_steps
+    rate = {"solve_sde": path_steps / t_lib, "scan": path_steps / t_scan,
+            "numpy": n_paths * numpy_steps / t_np, "numpy_loop": 20 * 32 / t_loop}
+    return {"m": m, "n_paths": n_paths, "n_steps": n_steps, "devices": jax.local_device_count(),
+            "first_call_s": first, "steady_s": t_lib, "rate": rate,
+            "ratio_scan": rate["solve_sde"] / rate["scan"],
+            "ratio_numpy": rate["solve_sde"] / rate["numpy"],
+            "ratio_numpy_loop": rate["solve_sde"] / rate["numpy_loop"],
+            "gflops": rate["solve_sde"] * flops_per_step(m) / 1e9}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="m = 8, 1000 and 10000 paths")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--devices", type=int, default=1,
+                        help="host CPU devices to start JAX with (solve_sde uses all)")
+    parser.add_argument("--out", default=None, help="JSON output (default: "
+                        "benchmarks/results/sde_throughput[_<N>dev].json)")
+    args = parser.parse_args()
+    ms = (8,) if args.quick else MS
+    suffix = "" if DEVICES == 1 else f"_{DEVICES}dev"
+    out = Path(args.out or Path(__file__).parent / "results" / f"sde_throughput{suffix}.json")
+    peak = matmul_peak()
+    print(f"JAX devices: {jax.local_device_count()}; matmul peak: {peak:.0f} GFLOP/s (float32)")
+    print(f"{'m':>3} {'paths':>6} {'first s':>8} {'steady s':>9} {'solve_sde/s':>12} "
+          f"{'scan/s':>10} {'numpy/s':>10} {'loop/s':>8} {'x scan':>7} {'x numpy':>8} "
+          f"{'x loop':>7} {'GFLOP/s':>8} {'% peak':>7}")
+    rows = []
+    for m in ms:
+        for n_paths in PATHS:
+            numpy_steps = max(8, min(256, round(2e5 / n_paths * (8 / m) ** 2)))
+            r = measure(m, n_paths, args.repeats, numpy_steps)
+            rows.append(r)
+            q = r["rate"]
+            print(f"{m:>3} {n_paths:>6} {r['first_call_s']:>8.2f} {r['steady_s']:>9.3f} "
+                  f"{q['solve_sde']:>12.3g} {q['scan']:>10.3g} {q['numpy']:>10.3g} "
+                  f"{q['numpy_loop']:>8.3g} {r['ratio_scan']:>7.2f} {r['ratio_numpy']:>8.1f} "
+                  f"{r['ratio_numpy_loop']:>7.0f} {r['gflops']:>8.2f} "
+                  f"{100 * r['gflops'] / peak:>7.2f}", flush=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": machine(), "matmul_peak_gflops": peak,
+                               "rows": rows}, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

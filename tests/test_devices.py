@@ -1,0 +1,61 @@
+"""Paths are split over all local devices, with the same result as on one device.
+
+The number of CPU devices is fixed when JAX starts, so the two-device run happens in a child
+process started with ``XLA_FLAGS=--xla_force_host_platform_device_count=2``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import numpy as np
+
+import shapedsde as sd
+
+V0 = sd.default_covariance(3)
+SDE_KW = dict(T=0.25, dt=1 / 64, n_paths=7, chunk_size=3, n_save=3, progress=False)
+NET_KW = dict(width=16, depth=8, n_samples=5, chunk_size=2, n_save=3, method="full",
+              progress=False)
+
+CHILD = textwrap.dedent("""
+    import sys
+    import jax, jax.numpy as jnp, numpy as np
+    import shapedsde as sd
+    from shapedsde import sde
+    assert jax.local_device_count() == 2, jax.devices()
+    V0 = sd.default_covariance(3)
+    block = sd.ShapedAttention()
+    traj = sd.solve_sde(block, V0, key=jax.random.key(0), **{sde_kw})
+    net = sd.simulate_network(block, V0, key=jax.random.key(0), **{net_kw})
+    # the compiled solver's outputs live on both devices, half the paths each
+    csde = sde.CovarianceSDE(block, None, "project", 3, "float32")
+    keys = jax.random.split(jax.random.key(0), 4)
+    grid = jnp.linspace(0.0, 0.25, 17)
+    Vs, _, _ = sde._solve_paths(csde, keys, jnp.asarray(V0, jnp.float32), grid, grid[::8],
+                                jnp.float32(1e3), jnp.float32(64.0))
+    shards = Vs.addressable_shards
+    assert len(Vs.sharding.device_set) == 2 and [s.data.shape[0] for s in shards] == [2, 2]
+    np.savez(sys.argv[1], sde=traj.V, net=net.V)
+""")
+
+
+def test_two_devices_give_the_single_device_result(tmp_path: Path):
+    script = tmp_path / "child.py"
+    script.write_text(CHILD.format(sde_kw=SDE_KW, net_kw=NET_KW))
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+               JAX_PLATFORMS="cpu")
+    out = tmp_path / "two.npz"
+    proc = subprocess.run([sys.executable, str(script), str(out)], env=env, text=True,
+                          capture_output=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = np.load(out)
+    block = sd.ShapedAttention()
+    one_sde = sd.solve_sde(block, V0, key=jax.random.key(0), **SDE_KW).V
+    one_net = sd.simulate_network(block, V0, key=jax.random.key(0), **NET_KW).V
+    np.testing.assert_allclose(two["sde"], one_sde, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(two["net"], one_net, rtol=1e-6, atol=1e-6)
