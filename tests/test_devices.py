@@ -7,6 +7,7 @@ process started with ``XLA_FLAGS=--xla_force_host_platform_device_count=2``.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 
 import shapedsde as sd
 
@@ -59,3 +61,48 @@ def test_two_devices_give_the_single_device_result(tmp_path: Path):
     one_net = sd.simulate_network(block, V0, key=jax.random.key(0), **NET_KW).V
     np.testing.assert_allclose(two["sde"], one_sde, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(two["net"], one_net, rtol=1e-6, atol=1e-6)
+
+
+WORKER = textwrap.dedent("""
+    import sys
+    import jax
+    process_id, port, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=2,
+                               process_id=process_id)
+    import shapedsde as sd
+    # the README's recipe: process p of P simulates its share of the paths
+    n_paths, P, p = 10, jax.process_count(), jax.process_index()
+    share = -(-n_paths // P)
+    first = p * share
+    traj = sd.solve_sde(sd.ShapedAttention(), sd.default_covariance(3), 0.25, dt=1 / 64,
+                        key=jax.random.key(0), n_paths=min(share, n_paths - first),
+                        first_path=first, progress=False)
+    traj.save(f"{out}/part{p}.npz")
+""")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_processes_with_jax_distributed_split_a_run(tmp_path: Path):
+    """Two processes joined by ``jax.distributed`` (the README's multi-host recipe) return
+    together exactly the paths of one process."""
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    port = str(_free_port())
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    procs = [subprocess.Popen([sys.executable, str(script), str(i), port, str(tmp_path)],
+                              env=env, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+    parts = [sd.Trajectories.load(tmp_path / f"part{p}.npz") for p in range(2)]
+    one = sd.solve_sde(sd.ShapedAttention(), V0, 0.25, dt=1 / 64, key=jax.random.key(0),
+                       n_paths=10, progress=False)
+    np.testing.assert_allclose(np.concatenate([t.V for t in parts]), one.V, rtol=1e-6,
+                               atol=1e-6)
+    assert [t.config["first_path"] for t in parts] == [0, 5]
