@@ -124,7 +124,7 @@ class _GuardedEuler(diffrax.Euler):
     the blow-up freeze described in the module docstring (all per path, on a batch)."""
 
     sde: CovarianceSDE
-    bound: float
+    bound: Array  # blow-up threshold on |V_ab|
 
     def step(self, terms, t0, t1, y0: SDEState, args, solver_state, made_jump):
         del solver_state, made_jump

@@ -85,7 +85,8 @@ def test_symmetric_matrices_have_the_law_of_the_symmetric_part():
     iu = np.triu_indices(m, 1)
     assert np.abs(np.var(S[:, iu[0], iu[1]], axis=0) - 0.5).max() < 4 * 0.5 * se
     assert np.abs(np.var(G, axis=0) - 1).max() < 4 * se
-    flat = np.concatenate([S[:, *np.triu_indices(m)], G.reshape(n, -1)], axis=1)
+    rows, cols = np.triu_indices(m)
+    flat = np.concatenate([S[:, rows, cols], G.reshape(n, -1)], axis=1)
     corr = np.corrcoef(flat.T) - np.eye(flat.shape[1])
     assert np.abs(corr).max() < 5 / math.sqrt(n)  # all distinct draws uncorrelated
 

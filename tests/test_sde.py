@@ -51,6 +51,12 @@ def test_first_path_continues_the_same_run():
     np.testing.assert_allclose(tail.V, whole.V[3:], rtol=1e-6, atol=1e-6)
 
 
+def test_too_many_steps_for_float32_is_refused():
+    with pytest.raises(ValueError, match="steps exceeds"):
+        sd.solve_sde(BLOCK, V0, 1.0, dt=2.0**-23, key=jax.random.key(0), n_paths=1,
+                     progress=False)
+
+
 def _backend_compiles(fn) -> int:
     events: list[str] = []
 
