@@ -81,34 +81,3 @@ def standard_normal(words: Array, counter: Array, n: int, dtype: jnp.dtype) -> A
     low = np.nextafter(np.asarray(-1.0, dtype), np.asarray(0.0, dtype))
     u = jnp.maximum(low, 2.0 * _unit_interval(bits, dtype) - 1.0)
     return jnp.asarray(np.sqrt(2.0), dtype) * jax.lax.erf_inv(u)
-
-
-def _symmetric_unpacking(m: int) -> np.ndarray:
-    """Matrix P (m(m+1)/2, m^2) such that z @ P, for z iid N(0, 1), is the flattened law of
-    (Z + Z^T) / 2 of an iid N(0, 1) m x m matrix Z: diagonal N(0, 1), off-diagonal N(0, 1/2).
-    (A product rather than a gather: gathers are slow on CPU under vmap.)"""
-    rows, cols = np.triu_indices(m)
-    P = np.zeros((rows.size, m, m))
-    k = np.arange(rows.size)
-    scale = np.where(rows == cols, 1.0, np.sqrt(0.5))
-    P[k, rows, cols] = scale
-    P[k, cols, rows] = scale
-    return P.reshape(rows.size, m * m)
-
-
-def matrix_normals(words: Array, counter: Array, m: int, symmetric: tuple[bool, ...],
-                   dtype: jnp.dtype) -> Array:
-    """``len(symmetric)`` independent m x m standard Gaussian matrices, shape (k, m, m).
-
-    Matrix i has iid N(0, 1) entries, or, where ``symmetric[i]``, the law of (Z + Z^T) / 2 (what
-    a block whose noise depends on Z only through Z + Z^T needs) from m (m + 1) / 2 normals.
-    """
-    P = _symmetric_unpacking(m)
-    sizes = [P.shape[0] if s else m * m for s in symmetric]
-    z = standard_normal(words, counter, int(sum(sizes)), dtype)
-    out, start = [], 0
-    for size, sym in zip(sizes, symmetric, strict=True):
-        part = z[start:start + size]
-        out.append((part @ P.astype(dtype) if sym else part).reshape(m, m))
-        start += size
-    return jnp.stack(out)

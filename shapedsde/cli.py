@@ -1,4 +1,5 @@
-"""Command-line interface: ``shapedsde simulate`` and ``shapedsde compare``.
+"""Command-line interface: ``shapedsde simulate``, ``shapedsde compare`` and
+``shapedsde figures``.
 
 Invalid values (from the command line or from the library's checks) end with one line
 ``shapedsde: error: <message>`` on stderr and exit status 2; set SHAPEDSDE_DEBUG=1 to get the
@@ -8,12 +9,15 @@ traceback instead.
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import math
 import os
 import sys
 import time
 from fractions import Fraction
 from pathlib import Path
+from types import ModuleType
 
 from .blocks import Block, ShapedAttention, ShapedMLP, ShapedTransformerBlock
 from .defaults import default_covariance
@@ -131,6 +135,19 @@ def make_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--out", type=Path, default=Path("figures/demo.png"), help="figure (PNG)")
     cmp_.add_argument("--save-data", type=Path, default=None, metavar="DIR",
                       help="also save sde.npz and network.npz in DIR")
+    figs = sub.add_parser("figures", formatter_class=fmt,
+                          help="make the paper figures (the scripts in experiments/)",
+                          description="Run the figure scripts of the repository's experiments/ "
+                                      "folder in turn; each writes NAME.png, NAME.pdf, NAME.npz "
+                                      "and NAME.json.")
+    figs.add_argument("--quick", action="store_true",
+                      help="tiny sizes (seconds per figure, for tests), not paper quality")
+    figs.add_argument("--only", action="append", metavar="NAME",
+                      help="make only this figure (repeatable; default: all)")
+    figs.add_argument("--outdir", type=Path, default=None, metavar="DIR",
+                      help="output folder (default: figures/ in the repository)")
+    figs.add_argument("--seed", type=int, default=0, help="random seed")
+    figs.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     return parser
 
 
@@ -222,7 +239,78 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"simulate": cmd_simulate, "compare": cmd_compare}
+def experiments_dir() -> Path:
+    """The figure scripts' folder: ``experiments/`` beside the package in the repository (an
+    editable install, ``pip install -e .``, or a source checkout)."""
+    import shapedsde
+
+    return Path(shapedsde.__file__).resolve().parents[1] / "experiments"
+
+
+def load_experiments() -> ModuleType:
+    """Import the ``experiments`` package from :func:`experiments_dir` by path (it is not
+    installed with shapedsde, so it need not be on sys.path)."""
+    folder = experiments_dir()
+    init = folder / "__init__.py"
+    if not init.is_file():
+        raise ValueError(f"the figure scripts were not found: {init} does not exist (they ship "
+                         "with the source repository; install it with 'pip install -e .')")
+    loaded = sys.modules.get("experiments")
+    if loaded is not None:
+        if Path(getattr(loaded, "__file__", "") or "").resolve() == init.resolve():
+            return loaded
+        raise ValueError(f"another module named 'experiments' is already imported "
+                         f"({getattr(loaded, '__file__', loaded)!r}), not {init}")
+    spec = importlib.util.spec_from_file_location("experiments", init,
+                                                  submodule_search_locations=[str(folder)])
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["experiments"] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules["experiments"]
+        raise
+    return module
+
+
+def figure_names() -> tuple[str, ...]:
+    """Names of the figure scripts, in paper order (``experiments.FIGURES``)."""
+    return tuple(load_experiments().FIGURES)
+
+
+def load_figure(name: str) -> ModuleType:
+    """The figure script ``experiments/<name>.py`` as a module (with ``main(argv)``)."""
+    names = figure_names()
+    if name not in names:
+        raise ValueError(f"unknown figure {name!r}; choose from {', '.join(names)}")
+    return importlib.import_module(f"experiments.{name}")
+
+
+def cmd_figures(args: argparse.Namespace) -> int:
+    names = list(figure_names())
+    if args.only:
+        modules = [load_figure(name) for name in dict.fromkeys(args.only)]
+    else:
+        modules = [load_figure(name) for name in names]
+    argv = ["--seed", str(args.seed)]
+    argv += ["--quick"] if args.quick else []
+    argv += ["--no-progress"] if args.no_progress else []
+    argv += ["--outdir", str(args.outdir)] if args.outdir is not None else []
+    times = []
+    for i, module in enumerate(modules, 1):
+        name = module.__name__.rsplit(".", 1)[-1]
+        print(f"[{i}/{len(modules)}] {name}", flush=True)
+        t0 = time.perf_counter()
+        module.main(argv)
+        times.append((name, time.perf_counter() - t0))
+    print("figure                     seconds")
+    for name, seconds in times:
+        print(f"{name:<26} {seconds:7.1f}")
+    return 0
+
+
+COMMANDS = {"simulate": cmd_simulate, "compare": cmd_compare, "figures": cmd_figures}
 
 
 def main(argv: list[str] | None = None) -> int:

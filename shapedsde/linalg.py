@@ -44,15 +44,23 @@ def psd_sqrt(V: Array) -> tuple[Array, Array]:
     return L, lam[..., 0]
 
 
-def cholesky(V: Array) -> tuple[Array, Array]:
-    """Lower Cholesky factor of the last two axes, unrolled over columns in plain ``jnp``, and
-    whether it exists (every pivot finite and > 0), shape ``V.shape[:-2]``.
+_UNROLLED_CHOLESKY_MAX = 8
 
-    For the small matrices of the SDE (m <= a few dozen) a fused, batch-vectorised elimination
-    is several times faster on CPU than a LAPACK call per matrix. Where V is not positive
-    definite the factor holds inf or NaN and must not be used.
+
+def cholesky(V: Array) -> tuple[Array, Array]:
+    """Lower Cholesky factor of the last two axes and whether it exists (every pivot finite and
+    > 0), shape ``V.shape[:-2]``. Where V is not positive definite the factor holds inf or NaN
+    and must not be used.
+
+    For m <= 8 the elimination is unrolled over columns in plain ``jnp``: batch-vectorised, it
+    runs 2-5 times faster on CPU than a LAPACK call per matrix (m = 4, 8); from m = 10 on, LAPACK
+    is faster (measured 1.5x at m = 10, 3x at m = 16) and is used.
     """
     m = V.shape[-1]
+    if m > _UNROLLED_CHOLESKY_MAX:
+        L = jnp.linalg.cholesky(V)
+        d = jnp.diagonal(L, axis1=-2, axis2=-1)
+        return L, jnp.all((d > 0) & (d < jnp.inf), axis=-1)
     A, cols = V, []
     ok = jnp.ones(V.shape[:-2], bool)
     for j in range(m):  # A is the trailing (m - j) x (m - j) Schur complement

@@ -18,9 +18,8 @@ Euler step the solver (``_GuardedEuler``) keeps every path on the state space:
 
 Randomness is per path: path i's Brownian increment on grid step k is a pure function of
 (``fold_in(key, i)``, k) (``shapedsde._random``), so a path does not depend on the chunk, the
-batch or the number of devices it runs on. Blocks whose noise uses a Brownian matrix only
-through dW + dW^T (``Block.noise_symmetric``) get m (m + 1) / 2 normals for it instead of m^2.
-Chunks are split over the local JAX devices (``shapedsde._batching.over_devices``).
+batch or the number of devices it runs on. Chunks are split over the local JAX devices
+(``shapedsde._batching.over_devices``).
 """
 
 from __future__ import annotations
@@ -37,7 +36,7 @@ from jax import Array
 
 from ._batching import over_devices, run_chunked
 from ._precision import resolve_dtype
-from ._random import matrix_normals, path_key_words
+from ._random import path_key_words, standard_normal
 from .blocks.base import Block
 from .linalg import cholesky, psd_parts, sym
 from .normalize import ito_drift, ito_noise, rms
@@ -88,10 +87,10 @@ class _NoiseTerm(diffrax.AbstractTerm):
 
     def contr(self, t0, t1, **kwargs) -> Array:
         step = jnp.round(t0 * self.steps_per_time).astype(jnp.uint32)
-        block, (m, dtype) = self.sde.block, (self.sde.m, self.sde.dtype)
-        z = jax.vmap(matrix_normals, (0, None, None, None, None))(
-            self.words, step, m, block.noise_symmetric, dtype)
-        return z * jnp.sqrt(t1 - t0)
+        shape = (self.sde.block.n_noise, self.sde.m, self.sde.m)
+        z = jax.vmap(standard_normal, (0, None, None, None))(
+            self.words, step, math.prod(shape), self.sde.dtype)
+        return z.reshape(-1, *shape) * jnp.sqrt(t1 - t0)
 
     def prod(self, vf: SDEState, control: Array) -> Array:
         return jax.vmap(self.sde.noise)(vf, control)
@@ -146,28 +145,35 @@ class _GuardedEuler(diffrax.Euler):
         return y1, None, dict(y0=y0, y1=y1), None, diffrax.RESULTS.successful
 
 
+_REPAIR_GROUP = 8  # paths repaired per eigh call
+
+
 def _onto_state_space(V: Array, normalize: str | None,
                       active: Array) -> tuple[Array, Array, Array]:
     """Project a symmetric batch V (B, m, m) onto the PSD cone where needed and normalise;
     return (V, L, left_cone). ``active`` (B,) marks the paths whose result is used.
 
-    L is the Cholesky factor; where it does not exist (V singular or outside the cone) the
-    eigendecomposition gives the projection and the symmetric square root. The ``eigh`` runs
-    only on steps where some active path needs it (a batch-level ``cond``: frozen or exploding
-    paths must not trigger it at every step), and each path takes the eigen result only if its
-    own Cholesky failed, so results stay per path.
+    L is the Cholesky factor. Where it does not exist (V singular or outside the cone) an
+    ``eigh`` gives the projection (if the step left the cone) and the symmetric square root.
+    Such paths are rare, so they are gathered in groups of ``_REPAIR_GROUP`` and only those are
+    decomposed (a ``while_loop`` until none is left) instead of the whole batch; inactive
+    (frozen or exploding) paths are skipped. Each path's result depends on that path only.
     """
     L, ok = cholesky(V)
 
-    def repair(V: Array, L: Array) -> tuple[Array, Array, Array]:
-        V_psd, L_eig, lam = psd_parts(V)
+    def repair_group(state: tuple[Array, Array, Array, Array]) -> tuple[Array, ...]:
+        V, L, need, left = state
+        idx = jax.lax.top_k(need.astype(jnp.int32), min(_REPAIR_GROUP, need.shape[0]))[1]
+        V_psd, L_eig, lam = psd_parts(V[idx])
         tol = 100 * jnp.finfo(V.dtype).eps * jnp.max(jnp.abs(lam), axis=1)
-        left = ~ok & (lam[:, 0] < -tol)
-        return (jnp.where(left[:, None, None], V_psd, V),
-                jnp.where(ok[:, None, None], L, L_eig), left)
+        todo = need[idx]  # the group may hold paths that need nothing
+        out = (todo & (lam[:, 0] < -tol))[:, None, None]
+        return (V.at[idx].set(jnp.where(out, V_psd, V[idx])),
+                L.at[idx].set(jnp.where(todo[:, None, None], L_eig, L[idx])),
+                need.at[idx].set(False), left.at[idx].set(left[idx] | out[:, 0, 0]))
 
-    V, L, left_cone = jax.lax.cond(jnp.all(ok | ~active),
-                                   lambda V, L: (V, L, jnp.zeros_like(ok)), repair, V, L)
+    V, L, _, left_cone = jax.lax.while_loop(lambda state: jnp.any(state[2]), repair_group,
+                                            (V, L, ~ok & active, jnp.zeros_like(ok)))
     if normalize == "rms":
         s = jax.lax.rsqrt(jnp.clip(jnp.diagonal(V, axis1=1, axis2=2), jnp.finfo(V.dtype).tiny))
         V = V * s[:, :, None] * s[:, None, :]

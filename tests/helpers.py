@@ -41,3 +41,17 @@ def fd_ito(block, V64: np.ndarray, h: float = 1e-4) -> tuple[np.ndarray, np.ndar
     drift = np.einsum("pab,p->ab", J, b) + 0.5 * np.einsum("pqab,pq->ab", Hs, S)
     diff = np.einsum("pab,pq,qcd->abcd", J, S, J)
     return drift, diff
+
+
+FAMILY_LEVEL = 0.01
+
+
+def assert_ks_family(final: sd.Comparison, kind: str) -> None:
+    """Every informative KS test of ``kind`` ("rho" or "V") has p >= FAMILY_LEVEL / (number of
+    tests): Bonferroni, so two samples of one law fail with probability <= FAMILY_LEVEL whatever
+    the seed (the plain p >= 0.01 on the smallest of 6-10 correlated p-values fails falsely up
+    to 6-10% of the time)."""
+    rows = [r for r in final.select(kind=kind) if not r.degenerate]
+    assert rows, f"no informative {kind} comparison"
+    p = min(r.pvalue for r in rows)
+    assert p >= FAMILY_LEVEL / len(rows), f"min p = {p:.3g} < {FAMILY_LEVEL} / {len(rows)}"

@@ -1,5 +1,6 @@
-"""The solver's Gaussian noise (``shapedsde._random``): the Threefry hash is the standard one,
-the normals are standard normal, and the symmetric draws have the law of (Z + Z^T) / 2."""
+"""The solver's Gaussian noise (``shapedsde._random``) and square root: the Threefry hash is the
+standard one, the normals are standard normal, and the Cholesky factor flags matrices that are not
+positive definite."""
 
 from __future__ import annotations
 
@@ -12,8 +13,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-import shapedsde as sd
-from shapedsde import _random
+from shapedsde import _random, linalg
 
 # Random123 known-answer vectors for Threefry-2x32 with 20 rounds: (key, counter) -> output.
 KNOWN_ANSWERS = [
@@ -73,39 +73,12 @@ def test_float64_normals_use_52_bits():
         jax.config.update("jax_enable_x64", was)
 
 
-def test_symmetric_matrices_have_the_law_of_the_symmetric_part():
-    m, n = 4, 20_000
-    words = jax.vmap(_random.path_key_words)(jax.random.split(jax.random.key(1), n))
-    Z = np.asarray(jax.vmap(_random.matrix_normals, (0, None, None, None, None))(
-        words, jnp.uint32(7), m, (True, False), jnp.float32))
-    S, G = Z[:, 0], Z[:, 1]
-    np.testing.assert_array_equal(S, np.swapaxes(S, 1, 2))
-    se = math.sqrt(2 / n)  # standard error of a variance estimate
-    assert np.abs(np.var(np.diagonal(S, axis1=1, axis2=2), axis=0) - 1).max() < 4 * se
-    iu = np.triu_indices(m, 1)
-    assert np.abs(np.var(S[:, iu[0], iu[1]], axis=0) - 0.5).max() < 4 * 0.5 * se
-    assert np.abs(np.var(G, axis=0) - 1).max() < 4 * se
-    rows, cols = np.triu_indices(m)
-    flat = np.concatenate([S[:, rows, cols], G.reshape(n, -1)], axis=1)
-    corr = np.corrcoef(flat.T) - np.eye(flat.shape[1])
-    assert np.abs(corr).max() < 5 / math.sqrt(n)  # all distinct draws uncorrelated
-
-
-@pytest.mark.parametrize("block", [sd.ShapedAttention(), sd.ShapedAttention(causal=True),
-                                   sd.ShapedMLP(), sd.ShapedTransformerBlock()],
-                         ids=["attention", "causal", "mlp", "transformer"])
-def test_noise_symmetric_flags_are_truthful(block):
-    """Where a block declares dW_i symmetric-only, replacing dW_i by its symmetric part leaves the
-    noise unchanged; where it does not, it changes it (so the flag is needed as it is)."""
-    m = 3
-    V = jnp.asarray(sd.default_covariance(m), jnp.float32)
-    L = jnp.linalg.cholesky(V)
-    dW = jax.random.normal(jax.random.key(0), (block.n_noise, m, m))
-    assert len(block.noise_symmetric) == block.n_noise
-    base = block.noise(V, L, dW)
-    for i, symmetric in enumerate(block.noise_symmetric):
-        changed = block.noise(V, L, dW.at[i].set(0.5 * (dW[i] + dW[i].T)))
-        if symmetric:
-            np.testing.assert_allclose(changed, base, atol=1e-6)
-        else:
-            assert np.abs(np.asarray(changed - base)).max() > 1e-3
+@pytest.mark.parametrize("m", [3, 8, 9])  # unrolled for m <= 8, LAPACK beyond
+def test_cholesky_factor_and_failure_flag(m):
+    A = np.random.default_rng(m).standard_normal((3, m, m))
+    V = A @ np.swapaxes(A, 1, 2) + 0.1 * np.eye(m)
+    V[1] -= 50 * np.eye(m)  # not positive definite
+    V[2, 0, 0] = np.nan
+    L, ok = linalg.cholesky(jnp.asarray(V, jnp.float32))
+    assert ok.tolist() == [True, False, False]
+    np.testing.assert_allclose(L[0], np.linalg.cholesky(V[0]), rtol=1e-4, atol=1e-4)

@@ -147,10 +147,6 @@ class ShapedAttention(_Attention):
     def n_noise(self) -> int:
         return 1 if self.heads == math.inf else 2
 
-    @property
-    def noise_symmetric(self) -> tuple[bool, ...]:
-        return (True, False)[: self.n_noise]  # dW_2 enters through N_2 H V, not symmetrised
-
     # -- SDE coefficients ---------------------------------------------------------------
     def _row_ops(self, V: Array) -> tuple[Array, Array, Array]:
         """Per-row centring C_a (m, m, m), counts k_a (m,) and mask M of the softmax."""

@@ -42,13 +42,6 @@ class Block(eqx.Module):
     def n_noise(self) -> int:
         """Number of independent m x m Brownian matrices driving the cheap noise."""
 
-    @property
-    def noise_symmetric(self) -> tuple[bool, ...]:
-        """For each Brownian matrix dW_i, whether ``noise`` depends on it only through
-        dW_i + dW_i^T. The solver then draws the m (m + 1) / 2 entries of (dW_i + dW_i^T) / 2
-        instead of m^2 (same law of the noise, fewer random numbers). Default: all False."""
-        return (False,) * self.n_noise
-
     @abc.abstractmethod
     def drift(self, V: Array) -> Array:
         """b(V) = lim n E[V_{l+1} - V_l | V_l = V], shape (m, m)."""

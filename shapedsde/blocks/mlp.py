@@ -95,10 +95,6 @@ class ShapedMLP(Block):
     def n_noise(self) -> int:
         return 1
 
-    @property
-    def noise_symmetric(self) -> tuple[bool, ...]:
-        return (True,)
-
     def drift(self, V: Array) -> Array:
         d = jnp.sqrt(jnp.diagonal(V))
         scale = jnp.outer(d, d)

@@ -59,10 +59,6 @@ class ShapedTransformerBlock(Block):
     def n_noise(self) -> int:
         return sum(part.n_noise for part in self.parts)
 
-    @property
-    def noise_symmetric(self) -> tuple[bool, ...]:
-        return sum((part.noise_symmetric for part in self.parts), ())
-
     def drift(self, V: Array) -> Array:
         return sum(part.drift(V) for part in self.parts)
 
