@@ -3,7 +3,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 LINT_DIRS := $(wildcard shapedsde tests benchmarks experiments)
 
-.PHONY: install demo test test-fast lint clean
+.PHONY: install demo figures test test-fast lint clean
 
 install: $(INSTALLED)
 
@@ -15,6 +15,10 @@ $(INSTALLED): pyproject.toml
 
 demo: $(INSTALLED)
 	$(VENV)/bin/shapedsde compare --out figures/demo.png
+
+# paper figures (experiments/*.py) into figures/; e.g. make figures FIGURE_ARGS="--quick"
+figures: $(INSTALLED)
+	$(VENV)/bin/shapedsde figures $(FIGURE_ARGS)
 
 test: $(INSTALLED)
 	$(PY) -m pytest -q --durations=15

@@ -1,0 +1,19 @@
+"""Paper figures: one script per figure, each ``main(argv) -> dict`` with ``--quick``.
+
+Run one with ``python -m experiments.NAME [--quick] [--outdir DIR]`` from the repository root,
+or all of them with ``shapedsde figures`` (``make figures``). Every script writes NAME.png,
+NAME.pdf, NAME.npz (the plotted data, with the configuration as JSON inside) and NAME.json
+(configuration and key numbers) to ``figures/`` or ``--outdir``.
+"""
+
+FIGURES = (
+    "rank_collapse",
+    "sde_vs_network_density",
+    "sde_vs_network_bands",
+    "transformer_block",
+    "convergence",
+    "hyperparameters",
+    "blow_up",
+    "heads",
+)
+"""The figure scripts in paper order (``experiments/<name>.py``)."""

@@ -1,0 +1,114 @@
+"""Tests of the figure scripts (experiments/) and of ``shapedsde figures``, run in-process in
+--quick mode (tiny sizes; several scripts share shapes so that JAX compiles them once)."""
+
+import json
+import math
+import sys
+
+import numpy as np
+import pytest
+
+from shapedsde.cli import figure_names, load_figure, main
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+QUICK = ["--quick", "--no-progress"]
+# run order: the first three share their compiled SDE and networks
+ORDER = ["sde_vs_network_density", "convergence", "heads", "rank_collapse",
+         "sde_vs_network_bands", "transformer_block", "hyperparameters", "blow_up"]
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """name -> (outdir, results) of the script's quick run, each script run once."""
+    outdir = tmp_path_factory.mktemp("figures")
+    done = {}
+
+    def run(name):
+        if name not in done:
+            done[name] = load_figure(name).main([*QUICK, "--outdir", str(outdir)])
+        return outdir, done[name]
+
+    return run
+
+
+def load(outdir, name):
+    with np.load(outdir / f"{name}.npz", allow_pickle=False) as npz:
+        return {k: npz[k] for k in npz.files}
+
+
+def test_every_figure_is_tested():
+    assert sorted(ORDER) == sorted(figure_names())
+
+
+@pytest.mark.slow  # each quick run costs 1-25 s, mostly JAX compilation (about 90 s in all)
+@pytest.mark.parametrize("name", ORDER)
+def test_quick_run_writes_png_pdf_and_data(quick_run, name):
+    outdir, results = quick_run(name)
+    png, pdf = (outdir / f"{name}.png").read_bytes(), (outdir / f"{name}.pdf").read_bytes()
+    assert png.startswith(PNG_SIGNATURE) and len(png) > 20_000
+    assert pdf.startswith(b"%PDF") and len(pdf) > 5_000
+    data = load(outdir, name)
+    config = json.loads(str(data.pop("config_json")))
+    assert config["figure"] == name and config["quick"] is True and config["seed"] == 0
+    assert json.loads(str(data.pop("results_json")))["seconds"] == results["seconds"]
+    assert data and not any(np.isnan(v).any() for v in data.values() if v.dtype.kind == "f")
+    beside = json.loads((outdir / f"{name}.json").read_text())
+    assert beside["config"] == config
+    assert results["files"]["npz"] == str(outdir / f"{name}.npz")
+
+
+@pytest.mark.slow
+def test_rank_collapse_standard_collapses_shaped_does_not(quick_run):
+    outdir, results = quick_run("rank_collapse")
+    data = load(outdir, "rank_collapse")
+    # standard attention: every token pair ends up aligned (1.000 in the quick run, depth 64)
+    assert data["standard_corr_mean"][-1] > 0.9
+    assert data["standard_rank_mean"][-1] < 1.1
+    # shaped: -0.003 in the quick run (256 networks, per-network sd 0.4: standard error 0.03)
+    assert data["shaped_corr_mean"][-1] < 0.5
+    assert data["shaped_rank_mean"][-1] > 1.2
+    assert results["standard_collapse_depth"] is not None
+    assert results["shaped_collapse_depth"] is None
+
+
+@pytest.mark.slow
+def test_convergence_distance_decreases_with_width(quick_run):
+    outdir, _ = quick_run("convergence")
+    data = load(outdir, "convergence")
+    widths, ks, w1, n_net = data["widths"], data["ks"], data["w1"], data["n_net"]
+    assert widths[0] < widths[-1]
+    n_sde = data["sde"].size
+    # if the widest network were no closer to the SDE than the narrowest, ks[0] - ks[-1] would
+    # exceed this 1% two-sample KS critical value with probability below 1%
+    margin = math.sqrt(-math.log(0.01 / 2) / 2) * math.sqrt(1 / n_sde + 1 / n_net[-1])
+    assert ks[0] - ks[-1] > margin  # quick run: 0.32 (width 4) vs 0.09 (width 64), margin 0.10
+    assert w1[0] - w1[-1] > 3 * data["floor_w1"][-1]  # quick run: 0.48 vs 0.07, floor 0.027
+
+
+@pytest.mark.slow
+def test_cli_figures_only_quick(tmp_path, capsys):
+    # hyperparameters: its quick SDEs are compiled already when the whole module runs
+    argv = ["figures", "--only", "hyperparameters", *QUICK, "--outdir", str(tmp_path)]
+    assert main(argv) == 0
+    for ext in ("png", "pdf", "npz", "json"):
+        assert (tmp_path / f"hyperparameters.{ext}").stat().st_size > 0
+    assert not (tmp_path / "heads.png").exists()
+    out = capsys.readouterr().out
+    assert "[1/1] hyperparameters" in out and "columns: tau0 = 1" in out
+
+
+def test_cli_figures_unknown_name(tmp_path, capsys):
+    assert main(["figures", "--only", "nope", *QUICK, "--outdir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith("shapedsde: error: unknown figure 'nope'; choose from ")
+    assert "rank_collapse" in err[0]
+    assert not any(tmp_path.iterdir())
+
+
+def test_cli_figures_missing_folder(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("shapedsde.cli.experiments_dir", lambda: tmp_path / "experiments")
+    monkeypatch.delitem(sys.modules, "experiments", raising=False)
+    assert main(["figures", "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert "figure scripts were not found" in err and "Traceback" not in err
