@@ -40,8 +40,8 @@ FULL: dict[str, Any] = {
     "method": "auto",
 }
 # quick: the shapes of sde_vs_network_density's quick run (compiled once per process)
-QUICK: dict[str, Any] = dict(FULL, method=C.QUICK_METHOD, widths=[4, 64], n_sde=512, n_max=512,
-                             layer_budget=512 * 64, dt=2.0**-8)
+QUICK: dict[str, Any] = dict(FULL, method=C.QUICK_METHOD, widths=[4, 32], n_sde=1024,
+                             n_max=1024, layer_budget=1024 * 32, dt=2.0**-8)
 METRICS = (("ks", "KS statistic"), ("w1", "1-Wasserstein distance"))
 
 

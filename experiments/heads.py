@@ -35,8 +35,8 @@ FULL: dict[str, Any] = {
     "width": 128, "heads": [1, 4, 16], "n_samples": 10000, "dt": 2.0**-13, "bins": 40,
     "method": "auto",
 }
-# quick: the shapes of sde_vs_network_density's quick run (256 SDE steps, width 64, 512 paths)
-QUICK: dict[str, Any] = dict(FULL, method=C.QUICK_METHOD, width=64, heads=[1], n_samples=512,
+# quick: the shapes of sde_vs_network_density's quick run (256 SDE steps, width 32, 1024 paths)
+QUICK: dict[str, Any] = dict(FULL, method=C.QUICK_METHOD, width=32, heads=[1], n_samples=1024,
                              dt=2.0**-11)
 
 

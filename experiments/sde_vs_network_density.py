@@ -33,7 +33,8 @@ FULL: dict[str, Any] = {
     "widths": [32, 128, 512], "n_samples": 10000, "dt": 2.0**-10, "n_save": 2, "bins": 40,
     "method": "auto",
 }
-QUICK: dict[str, Any] = dict(FULL, method=C.QUICK_METHOD, widths=[4, 64], n_samples=512, dt=2.0**-8)
+QUICK: dict[str, Any] = dict(FULL, method=C.QUICK_METHOD, widths=[4, 32], n_samples=1024,
+                             dt=2.0**-8)
 
 
 def simulate(cfg: dict[str, Any], opts: C.Options,
