@@ -25,10 +25,10 @@ def local_mesh() -> Mesh:
     return Mesh(np.array(jax.local_devices()), (PATHS,))
 
 
-def over_devices(fn: Callable[..., object], batched: Array, *replicated: Array) -> object:
-    """``fn(batched, *replicated)`` with the leading axis of ``batched`` (and of every output)
-    split over the local devices; a plain call on one device. The leading size must be a
-    multiple of the device count (``run_chunked`` pads to one)."""
+def over_devices(fn: Callable[..., object], batched: object, *replicated: Array) -> object:
+    """``fn(batched, *replicated)`` with the leading axis of every array in the pytree
+    ``batched`` (and of every output) split over the local devices; a plain call on one
+    device. The leading size must be a multiple of the device count (``run_chunked`` pads)."""
     mesh = local_mesh()
     if mesh.size == 1:
         return fn(batched, *replicated)
