@@ -17,7 +17,7 @@ M_a M_a^T / k_a (M the mask, k_a = sum_b M_ab; C_a = I - 1 1^T/m without mask):
     Sigma(V) = gamma^2 (2 - gamma^2) Lin(V) + gamma^4 / (tau0^2 H) * sym[V_ac (V C_a V C_c V)_bd
                / (k_a k_c)].
 
-Cheap noise with N_i = L dW_i L^T:  sqrt(gamma^2 (2 - gamma^2) / 2) (N_1 + N_1^T)
+Cheap noise with N_i = L dW_i L^T (``noise_from``):  sqrt(gamma^2 (2 - gamma^2) / 2) (N_1 + N_1^T)
     + gamma^2 / (tau0 sqrt H) (Y + Y^T),  Y_ab = sum_e (N_2)_ae (C_a V)_eb / k_a.
 """
 
@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from ..linalg import lin, total
+from ..linalg import lin, matmul, total
 from ..reduced import gaussian_product, maybe_normalize, residual_gram, root
 from ..validation import check_int, check_real
 from .base import Block, residual_output
@@ -198,17 +198,15 @@ class ShapedAttention(_Attention):
             + jnp.transpose(T, (1, 0, 3, 2))
         return out + self.gamma**4 / (self.tau0**2 * self.heads) * sym
 
-    def noise(self, V: Array, L: Array, dW: Array) -> Array:
-        N1 = L @ dW[0] @ L.T
-        out = math.sqrt(self.gamma**2 * (2.0 - self.gamma**2) / 2.0) * (N1 + N1.T)
+    def noise_from(self, V: Array, N: Array) -> Array:
+        out = math.sqrt(self.gamma**2 * (2.0 - self.gamma**2) / 2.0) * (N[0] + N[0].T)
         if self.heads == math.inf:
             return out
-        N2 = L @ dW[1] @ L.T
         if self.causal:
-            Y = jnp.einsum("ae,aeb->ab", N2, self._attention_rows(V))
+            Y = jnp.einsum("ae,aeb->ab", N[1], self._attention_rows(V))
         else:  # every row operator is C_a V / k_a = H V / m (the mean as a product: see total)
             m = V.shape[0]
-            Y = N2 @ (V - jnp.full((m,), 1.0 / m, V.dtype) @ V) / m
+            Y = matmul(N[1], V - jnp.full((m,), 1.0 / m, V.dtype) @ V) / m
         return out + self.gamma**2 / (self.tau0 * math.sqrt(self.heads)) * (Y + Y.T)
 
 
@@ -238,5 +236,5 @@ class StandardAttention(_Attention):
     def diffusion_cov(self, V: Array) -> Array:
         raise self.no_sde_error()
 
-    def noise(self, V: Array, L: Array, dW: Array) -> Array:
+    def noise_from(self, V: Array, N: Array) -> Array:
         raise self.no_sde_error()

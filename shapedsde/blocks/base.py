@@ -7,6 +7,8 @@ coefficients of the covariance SDE it converges to,
     dV = drift(V) dt + noise(V, L, dW),   Cov(noise_ab, noise_cd) = diffusion_cov(V)_{abcd} dt,
 
 where ``L L^T = V`` and ``dW`` holds ``n_noise`` independent m x m matrix Brownian increments.
+Every block's noise is linear in the products N_i = L dW_i L^T (``noise_from``), which are
+formed for all i at once (``linalg.congruence``).
 The solver (``shapedsde.sde``), the network simulator (``shapedsde.network``) and the
 normalisation (``shapedsde.normalize``) only use this interface, so a new block is one file.
 """
@@ -22,6 +24,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
+from ..linalg import congruence
 from ..normalize import rms
 
 
@@ -50,9 +53,13 @@ class Block(eqx.Module):
     def diffusion_cov(self, V: Array) -> Array:
         """Sigma(V)_{abcd} = lim n Cov[dV_ab, dV_cd | V], shape (m, m, m, m)."""
 
-    @abc.abstractmethod
     def noise(self, V: Array, L: Array, dW: Array) -> Array:
         """Noise increment, linear in ``dW`` of shape (n_noise, m, m), with ``L L^T = V``."""
+        return self.noise_from(V, congruence(L, dW))
+
+    @abc.abstractmethod
+    def noise_from(self, V: Array, N: Array) -> Array:
+        """The noise increment as a function of N_i = L dW_i L^T, shape (n_noise, m, m)."""
 
     @abc.abstractmethod
     def layer_with_control(self, key: Array, X: Array,

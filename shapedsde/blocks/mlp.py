@@ -103,6 +103,5 @@ class ShapedMLP(Block):
     def diffusion_cov(self, V: Array) -> Array:
         return 2.0 * self.gamma**2 * lin(V)
 
-    def noise(self, V: Array, L: Array, dW: Array) -> Array:
-        N = L @ dW[0] @ L.T
-        return self.gamma * (N + N.T)
+    def noise_from(self, V: Array, N: Array) -> Array:
+        return self.gamma * (N[0] + N[0].T)

@@ -65,6 +65,6 @@ class ShapedTransformerBlock(Block):
     def diffusion_cov(self, V: Array) -> Array:
         return sum(part.diffusion_cov(V) for part in self.parts)
 
-    def noise(self, V: Array, L: Array, dW: Array) -> Array:
+    def noise_from(self, V: Array, N: Array) -> Array:
         k = self.attention.n_noise
-        return self.attention.noise(V, L, dW[:k]) + self.mlp.noise(V, L, dW[k:])
+        return self.attention.noise_from(V, N[:k]) + self.mlp.noise_from(V, N[k:])
