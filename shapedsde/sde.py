@@ -13,8 +13,9 @@ Euler step the solver (``_GuardedEuler``) keeps every path on the state space:
 * ``normalize="rms"``, scheme "project": applies f(V) = D^{-1/2} V D^{-1/2} after the step, as
   the network does after every block (consistent with the Ito-transformed SDE to O(dt));
   scheme "ito": integrates the Ito-transformed coefficients of ``shapedsde.normalize``;
-* blow-up (SPEC section 3): a step that leaves ``|V_ab| <= blowup_bound * max_a V0_aa`` or is
-  not finite freezes the path at its last state and records the explosion time.
+* blow-up (SPEC section 3): a step after which some variance V_aa exceeds
+  ``blowup_bound * max_a V0_aa`` (for a PSD V, max_a V_aa = max_ab |V_ab|) or an entry is not
+  finite freezes the path at its last state and records the explosion time.
 
 Randomness is per path: path i's Brownian increment on grid step k is a pure function of
 (``fold_in(key, i)``, k) (``shapedsde._random``), so a path does not depend on the chunk, the
@@ -123,7 +124,7 @@ class _GuardedEuler(diffrax.Euler):
     the blow-up freeze described in the module docstring (all per path, on a batch)."""
 
     sde: CovarianceSDE
-    bound: Array  # blow-up threshold on |V_ab|
+    bound: Array  # blow-up threshold on max_a V_aa
 
     def step(self, terms, t0, t1, y0: SDEState, args, solver_state, made_jump):
         del solver_state, made_jump
@@ -131,11 +132,13 @@ class _GuardedEuler(diffrax.Euler):
         dV = drift_term.vf_prod(t0, y0, args, drift_term.contr(t0, t1)) \
             + noise_term.vf_prod(t0, y0, args, noise_term.contr(t0, t1))
         V1 = sym(y0.V + dV)
-        size = jnp.max(jnp.abs(V1), axis=(1, 2))  # NaN or inf if V1 is not finite
         alive = y0.t_explode < 0
-        bad = ~(size <= self.bound)
+        # max_a V_aa is max_ab |V_ab| for a PSD V and reads m entries instead of m^2; entries
+        # that are not finite are caught by the Cholesky factorisation below (``broken``)
+        too_big = ~(jnp.max(jnp.diagonal(V1, axis1=1, axis2=2), axis=1) <= self.bound)
+        V1, L1, left_cone, broken = _onto_state_space(V1, self.sde.normalize, alive & ~too_big)
+        bad = too_big | broken
         keep = alive & ~bad
-        V1, L1, left_cone = _onto_state_space(V1, self.sde.normalize, keep)
         y1 = SDEState(
             V=jnp.where(keep[:, None, None], V1, y0.V),
             L=jnp.where(keep[:, None, None], L1, y0.L),
@@ -149,41 +152,47 @@ _REPAIR_GROUP = 8  # paths repaired per eigh call
 
 
 def _onto_state_space(V: Array, normalize: str | None,
-                      active: Array) -> tuple[Array, Array, Array]:
+                      active: Array) -> tuple[Array, Array, Array, Array]:
     """Project a symmetric batch V (B, m, m) onto the PSD cone where needed and normalise;
-    return (V, L, left_cone). ``active`` (B,) marks the paths whose result is used.
+    return (V, L, left_cone, broken). ``active`` (B,) marks the paths whose result is used;
+    ``broken`` flags active paths whose V has an entry that is not finite.
 
-    L is the Cholesky factor. Where it does not exist (V singular or outside the cone) an
-    ``eigh`` gives the projection (if the step left the cone) and the symmetric square root.
-    Such paths are rare, so they are gathered in groups of ``_REPAIR_GROUP`` and only those are
-    decomposed (a ``while_loop`` until none is left) instead of the whole batch; inactive
-    (frozen or exploding) paths are skipped. Each path's result depends on that path only.
+    L is the Cholesky factor. Where it does not exist (V singular, outside the cone or not
+    finite) an ``eigh`` gives the projection (if the step left the cone) and the symmetric
+    square root. Such paths are rare, so they are gathered in groups of ``_REPAIR_GROUP`` and
+    only those are decomposed (a ``while_loop`` until none is left) instead of the whole batch;
+    inactive (frozen or exploding) paths are skipped. Each path's result depends on that path
+    only.
     """
     L, ok = cholesky(V)
 
-    def repair_group(state: tuple[Array, Array, Array, Array]) -> tuple[Array, ...]:
-        V, L, need, left = state
+    def repair_group(state: tuple[Array, ...]) -> tuple[Array, ...]:
+        V, L, need, left, broken = state
         idx = jax.lax.top_k(need.astype(jnp.int32), min(_REPAIR_GROUP, need.shape[0]))[1]
-        V_psd, L_eig, lam = psd_parts(V[idx])
-        tol = 100 * jnp.finfo(V.dtype).eps * jnp.max(jnp.abs(lam), axis=1)
         todo = need[idx]  # the group may hold paths that need nothing
+        finite = jnp.all(jnp.isfinite(V[idx]), axis=(1, 2))
+        eye = jnp.eye(V.shape[1], dtype=V.dtype)
+        V_psd, L_eig, lam = psd_parts(jnp.where(finite[:, None, None], V[idx], eye))
+        tol = 100 * jnp.finfo(V.dtype).eps * jnp.max(jnp.abs(lam), axis=1)
         out = (todo & (lam[:, 0] < -tol))[:, None, None]
         return (V.at[idx].set(jnp.where(out, V_psd, V[idx])),
                 L.at[idx].set(jnp.where(todo[:, None, None], L_eig, L[idx])),
-                need.at[idx].set(False), left.at[idx].set(left[idx] | out[:, 0, 0]))
+                need.at[idx].set(False), left.at[idx].set(left[idx] | out[:, 0, 0]),
+                broken.at[idx].set(broken[idx] | (todo & ~finite)))
 
-    V, L, _, left_cone = jax.lax.while_loop(lambda state: jnp.any(state[2]), repair_group,
-                                            (V, L, ~ok & active, jnp.zeros_like(ok)))
+    no = jnp.zeros_like(ok)
+    V, L, _, left_cone, broken = jax.lax.while_loop(
+        lambda state: jnp.any(state[2]), repair_group, (V, L, ~ok & active, no, no))
     if normalize == "rms":
         s = jax.lax.rsqrt(jnp.clip(jnp.diagonal(V, axis1=1, axis2=2), jnp.finfo(V.dtype).tiny))
         V = V * s[:, :, None] * s[:, None, :]
         V = jnp.where(jnp.eye(V.shape[1], dtype=bool), jnp.ones((), V.dtype), V)
         L = s[:, :, None] * L
-    return V, L, left_cone
+    return V, L, left_cone, broken
 
 
 def initial_state(V0: Array, n_paths: int, normalize: str | None) -> SDEState:
-    V, L, _ = _onto_state_space(sym(V0[None]), normalize, jnp.ones((1,), bool))
+    V, L, _, _ = _onto_state_space(sym(V0[None]), normalize, jnp.ones((1,), bool))
     zeros = jnp.zeros((n_paths,), V.dtype)
     return SDEState(V=jnp.broadcast_to(V, (n_paths,) + V0.shape),
                     L=jnp.broadcast_to(L, (n_paths,) + V0.shape), t_explode=zeros - 1,
@@ -240,8 +249,9 @@ def solve_sde(block: Block, V0: object, T: float, *, key: Array, dt: float = 2.0
         n_save: number of evenly spaced saved times, including 0 and T.
         normalize: None or "rms" (the normalised SDE on correlation matrices).
         scheme: for "rms", "project" (step, then apply f) or "ito" (Ito-transformed SDE).
-        blowup_bound: a path whose |V_ab| exceeds ``blowup_bound * max(diag V0)`` is frozen
-            and flagged as exploded (the un-normalised SDE may explode in finite time).
+        blowup_bound: a path whose max_a V_aa (= max_ab |V_ab| for PSD V) exceeds
+            ``blowup_bound * max(diag V0)`` is frozen and flagged as exploded (the
+            un-normalised SDE may explode in finite time).
         dtype: "float32" or "float64" (the latter enables ``jax_enable_x64``).
         chunk_size: paths integrated per compiled call (bounds memory; results unchanged),
             rounded up to a multiple of the local device count; each chunk is split over the

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -118,6 +119,26 @@ def test_blow_up_is_frozen_flagged_and_timed():
         frozen = tr.V[i, after]
         np.testing.assert_array_equal(frozen, np.broadcast_to(tr.V[i, -1], frozen.shape))
     assert tr.valid().n_samples == int((~tr.exploded).sum())
+
+
+def test_state_space_flags_non_finite_paths_only():
+    """A step that overflows (inf or NaN entries) is flagged as broken, never repaired into the
+    state; the other paths of the batch, PD or outside the cone, are handled as usual."""
+    from shapedsde.sde import _onto_state_space
+
+    good = np.asarray(V0, np.float32)
+    outside = good - 2.0 * np.eye(3, dtype=np.float32)  # left the cone
+    V = np.stack([good, good, outside, good, good])
+    V[1, 0, 2] = V[1, 2, 0] = np.inf
+    V[3, 1, 1] = np.nan
+    V[4, 0, 0] = np.inf
+    Vs, L, left_cone, broken = _onto_state_space(jnp.asarray(V), None, jnp.ones(5, bool))
+    np.testing.assert_array_equal(broken, [False, True, False, True, True])
+    np.testing.assert_array_equal(left_cone, [False, False, True, False, False])
+    for i in (0, 2):
+        assert np.all(np.isfinite(Vs[i])) and np.all(np.isfinite(L[i]))
+        np.testing.assert_allclose(L[i] @ L[i].T, Vs[i], atol=1e-5)
+    assert np.linalg.eigvalsh(np.asarray(Vs[2], np.float64)).min() > -1e-6
 
 
 def test_near_singular_start_gives_no_nan():
