@@ -34,12 +34,17 @@ def matmul(a: Array, b: Array) -> Array:
 
 def congruence(L: Array, dW: Array) -> Array:
     """N_i = L dW_i L^T for the n matrices of dW (n, m, m), as two products for all n at once
-    (two larger products run faster than 2n small ones)."""
+    (two larger products run faster than 2n small ones).
+
+    The products work on dW laid out as (m, n, m), rows of all dW_i side by side: a caller that
+    draws iid noise can draw it in that layout and pass ``jnp.moveaxis(z, 1, 0)``, and the two
+    transposes cancel."""
     n, m, _ = dW.shape
     if m <= _UNROLLED_PRODUCT_MAX:
         return matmul(matmul(L, dW), L.T)
     LW = L @ jnp.moveaxis(dW, 0, 1).reshape(m, n * m)  # [L dW_1, ..., L dW_n]
-    return (jnp.moveaxis(LW.reshape(m, n, m), 1, 0).reshape(n * m, m) @ L.T).reshape(n, m, m)
+    N = LW.reshape(m * n, m) @ L.T  # row (a, i) holds (L dW_i L^T)_a
+    return jnp.moveaxis(N.reshape(m, n, m), 1, 0)
 
 
 def lin(V: Array) -> Array:

@@ -13,9 +13,9 @@ Euler step the solver (``_GuardedEuler``) keeps every path on the state space:
 * ``normalize="rms"``, scheme "project": applies f(V) = D^{-1/2} V D^{-1/2} after the step, as
   the network does after every block (consistent with the Ito-transformed SDE to O(dt));
   scheme "ito": integrates the Ito-transformed coefficients of ``shapedsde.normalize``;
-* blow-up (SPEC section 3): a step after which some variance V_aa exceeds
-  ``blowup_bound * max_a V0_aa`` (for a PSD V, max_a V_aa = max_ab |V_ab|) or an entry is not
-  finite freezes the path at its last state and records the explosion time.
+* blow-up (SPEC section 3): a step that leaves a non-finite entry, or after which (and after the
+  PSD repair) some variance V_aa exceeds ``blowup_bound * max_a V0_aa`` (= max_ab |V_ab| for
+  the PSD state), freezes the path at its last state and records the explosion time.
 
 Randomness is per path: path i's Brownian increment on grid step k is a pure function of
 (``fold_in(key, i)``, k) (``shapedsde._random``), so a path does not depend on the chunk, the
@@ -88,10 +88,11 @@ class _NoiseTerm(diffrax.AbstractTerm):
 
     def contr(self, t0, t1, **kwargs) -> Array:
         step = jnp.round(t0 * self.steps_per_time).astype(jnp.uint32)
-        shape = (self.sde.block.n_noise, self.sde.m, self.sde.m)
+        m, n = self.sde.m, self.sde.block.n_noise
         z = jax.vmap(standard_normal, (0, None, None, None))(
-            self.words, step, math.prod(shape), self.sde.dtype)
-        return z.reshape(-1, *shape) * jnp.sqrt(t1 - t0)
+            self.words, step, n * m * m, self.sde.dtype)
+        # drawn as (m, n, m), the layout ``linalg.congruence`` multiplies: no transpose
+        return jnp.moveaxis(z.reshape(-1, m, n, m), 2, 1) * jnp.sqrt(t1 - t0)
 
     def prod(self, vf: SDEState, control: Array) -> Array:
         return jax.vmap(self.sde.noise)(vf, control)
@@ -133,10 +134,9 @@ class _GuardedEuler(diffrax.Euler):
             + noise_term.vf_prod(t0, y0, args, noise_term.contr(t0, t1))
         V1 = sym(y0.V + dV)
         alive = y0.t_explode < 0
-        # max_a V_aa is max_ab |V_ab| for a PSD V and reads m entries instead of m^2; entries
-        # that are not finite are caught by the Cholesky factorisation below (``broken``)
+        V1, L1, left_cone, broken = _onto_state_space(V1, self.sde.normalize, alive)
+        # on the repaired (PSD) state max_a V_aa = max_ab |V_ab|, and reads m entries, not m^2
         too_big = ~(jnp.max(jnp.diagonal(V1, axis1=1, axis2=2), axis=1) <= self.bound)
-        V1, L1, left_cone, broken = _onto_state_space(V1, self.sde.normalize, alive & ~too_big)
         bad = too_big | broken
         keep = alive & ~bad
         y1 = SDEState(
