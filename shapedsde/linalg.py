@@ -26,10 +26,13 @@ def matmul(a: Array, b: Array) -> Array:
     """a @ b over the last two axes. For inner size <= 7 it is written as broadcast multiply-adds,
     which XLA fuses with their neighbours: on CPU a batch of such tiny products as ``dot`` calls
     is 5-10 times slower (measured in ``benchmarks/README.md``)."""
-    k = a.shape[-1]
-    if k > _UNROLLED_PRODUCT_MAX:
-        return a @ b
-    return sum(a[..., :, j, None] * b[..., None, j, :] for j in range(k))
+    return a @ b if a.shape[-1] > _UNROLLED_PRODUCT_MAX else fused_matmul(a, b)
+
+
+def fused_matmul(a: Array, b: Array) -> Array:
+    """a @ b over the last two axes as sum_j a[..., :, j] b[..., j, :] (broadcast multiply-adds
+    that XLA fuses; no ``dot``)."""
+    return sum(a[..., :, j, None] * b[..., None, j, :] for j in range(a.shape[-1]))
 
 
 def congruence(L: Array, dW: Array) -> Array:
