@@ -20,12 +20,13 @@ demo: $(INSTALLED)
 figures: $(INSTALLED)
 	$(VENV)/bin/shapedsde figures $(FIGURE_ARGS)
 
+# two worker processes: most tests are dominated by single-threaded XLA compilation
 test: $(INSTALLED)
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q -n 2 --durations=15
 	$(VENV)/bin/ruff check $(LINT_DIRS)
 
 test-fast: $(INSTALLED)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n 2 -m "not slow"
 
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check $(LINT_DIRS)
