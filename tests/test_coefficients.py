@@ -26,6 +26,16 @@ def test_cheap_noise_has_the_diffusion_covariance(block):
                                rtol=2e-5, atol=2e-6)
 
 
+@pytest.mark.parametrize("block", BLOCKS[1:3] + [sd.ShapedTransformerBlock()], ids=repr)
+def test_cheap_noise_has_the_diffusion_covariance_at_m8(block):
+    """m = 8: the products are ``dot`` calls, not the fused form used for m <= 7."""
+    A = np.random.default_rng(8).standard_normal((8, 8))
+    V8 = jnp.asarray(A @ A.T / 8 + 0.2 * np.eye(8), jnp.float32)
+    S = block.diffusion_cov(V8)
+    np.testing.assert_allclose(noise_covariance(block, V8), S, rtol=1e-4,
+                               atol=1e-5 * float(jnp.max(jnp.abs(S))))
+
+
 @pytest.mark.parametrize("block", BLOCKS, ids=repr)
 def test_diffusion_is_symmetric_psd(block):
     S = np.asarray(block.diffusion_cov(V), np.float64)

@@ -19,6 +19,8 @@ M_a M_a^T / k_a (M the mask, k_a = sum_b M_ab; C_a = I - 1 1^T/m without mask):
 
 Cheap noise with N_i = L dW_i L^T (``noise_from``):  sqrt(gamma^2 (2 - gamma^2) / 2) (N_1 + N_1^T)
     + gamma^2 / (tau0 sqrt H) (Y + Y^T),  Y_ab = sum_e (N_2)_ae (C_a V)_eb / k_a.
+Without a mask C_a V / k_a = H V / m for every row, and with K = L^T H L the whole noise is one
+congruence, L (G + G^T) L^T with G = c_1 dW_1 + c_2 dW_2 K / m (``ShapedAttention.noise``).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from ..linalg import lin, matmul, total
+from ..linalg import fused_matmul, lin, matmul, total
 from ..reduced import gaussian_product, maybe_normalize, residual_gram, root
 from ..validation import check_int, check_real
 from .base import Block, residual_output
@@ -198,8 +200,30 @@ class ShapedAttention(_Attention):
             + jnp.transpose(T, (1, 0, 3, 2))
         return out + self.gamma**4 / (self.tau0**2 * self.heads) * sym
 
+    def noise(self, V: Array, L: Array, dW: Array) -> Array:
+        """Without a mask both terms are congruences by L: with K = L^T H L = (H L)^T (H L),
+        Y = L dW_2 L^T H V / m = L dW_2 K L^T / m, so the noise is L (G + G^T) L^T with
+        G = c_1 dW_1 + c_2 dW_2 K / m: three m x m products instead of five."""
+        if self.causal:
+            return super().noise(V, L, dW)
+        G = self._lin_scale * dW[0]
+        if self.heads != math.inf:
+            m = V.shape[0]
+            HL = L - jnp.full((m,), 1.0 / m, L.dtype) @ L  # rows centred: H L
+            K = fused_matmul(HL.T, HL)  # m rank-one updates, no transposed product
+            G = G + self._attention_scale / m * matmul(dW[1], K)
+        return matmul(matmul(L, G + G.T), L.T)
+
+    @property
+    def _lin_scale(self) -> float:
+        return math.sqrt(self.gamma**2 * (2.0 - self.gamma**2) / 2.0)
+
+    @property
+    def _attention_scale(self) -> float:
+        return self.gamma**2 / (self.tau0 * math.sqrt(self.heads))
+
     def noise_from(self, V: Array, N: Array) -> Array:
-        out = math.sqrt(self.gamma**2 * (2.0 - self.gamma**2) / 2.0) * (N[0] + N[0].T)
+        out = self._lin_scale * (N[0] + N[0].T)
         if self.heads == math.inf:
             return out
         if self.causal:
@@ -207,7 +231,7 @@ class ShapedAttention(_Attention):
         else:  # every row operator is C_a V / k_a = H V / m (the mean as a product: see total)
             m = V.shape[0]
             Y = matmul(N[1], V - jnp.full((m,), 1.0 / m, V.dtype) @ V) / m
-        return out + self.gamma**2 / (self.tau0 * math.sqrt(self.heads)) * (Y + Y.T)
+        return out + self._attention_scale * (Y + Y.T)
 
 
 class StandardAttention(_Attention):
