@@ -58,6 +58,7 @@ class SDEState(NamedTuple):
 
     V: Array  # (B, m, m) covariance: its lower triangle (mirror_lower gives the matrix)
     L: Array  # (B, m, m) square root of V, L L^T = V
+    LT: Array  # (B, m, m) L^T, stored: the noise's last product then needs no transpose
     t_explode: Array  # (B,) time of blow-up, -1 while the path is alive
     repairs: Array  # (B,) number of steps that left the PSD cone
 
@@ -119,7 +120,7 @@ class CovarianceSDE(eqx.Module):
         return self.block.drift(y.V)
 
     def noise(self, y: SDEState, dW: Array) -> Array:
-        dV = self.block.noise(y.V, y.L, dW)
+        dV = self.block.noise(y.V, y.L, dW, y.LT)
         if self.normalize == "rms" and self.scheme == "ito":
             return ito_noise(rms, y.V, dV)
         return dV
@@ -148,6 +149,7 @@ class _GuardedEuler(diffrax.Euler):
         y1 = SDEState(
             V=jnp.where(keep[:, None, None], V1, y0.V),
             L=jnp.where(keep[:, None, None], L1, y0.L),
+            LT=jnp.where(keep[:, None, None], jnp.swapaxes(L1, 1, 2), y0.LT),
             t_explode=jnp.where(alive & bad, jnp.asarray(t1, y0.V.dtype), y0.t_explode),
             repairs=y0.repairs + (keep & left_cone).astype(y0.repairs.dtype),
         )
@@ -200,8 +202,9 @@ def _onto_state_space(V: Array, normalize: str | None,
 def initial_state(V0: Array, n_paths: int, normalize: str | None) -> SDEState:
     V, L, _, _ = _onto_state_space(V0[None], normalize, jnp.ones((1,), bool))
     zeros = jnp.zeros((n_paths,), V.dtype)
-    return SDEState(V=jnp.broadcast_to(V, (n_paths,) + V0.shape),
-                    L=jnp.broadcast_to(L, (n_paths,) + V0.shape), t_explode=zeros - 1,
+    shape = (n_paths,) + V0.shape
+    return SDEState(V=jnp.broadcast_to(V, shape), L=jnp.broadcast_to(L, shape),
+                    LT=jnp.broadcast_to(jnp.swapaxes(L, 1, 2), shape), t_explode=zeros - 1,
                     repairs=jnp.zeros((n_paths,), jnp.int32))
 
 

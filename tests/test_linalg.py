@@ -20,6 +20,8 @@ def test_products_match_matmul(m: int) -> None:
     N = congruence(a[0], b[:3])
     np.testing.assert_allclose(N, a[0] @ b[:3] @ a[0].T, rtol=1e-4, atol=1e-4)
     assert N.shape == (3, m, m) and jnp.isfinite(N).all()
+    LT = jnp.asarray(np.asarray(a[0]).T)  # a stored L^T, as the solver passes it
+    np.testing.assert_allclose(congruence(a[0], b[:3], LT), N, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("m", [3, 8, 9])  # unrolled Cholesky up to 8, LAPACK beyond

@@ -200,19 +200,19 @@ class ShapedAttention(_Attention):
             + jnp.transpose(T, (1, 0, 3, 2))
         return out + self.gamma**4 / (self.tau0**2 * self.heads) * sym
 
-    def noise(self, V: Array, L: Array, dW: Array) -> Array:
+    def noise(self, V: Array, L: Array, dW: Array, LT: Array | None = None) -> Array:
         """Without a mask both terms are congruences by L: with K = L^T H L = (H L)^T (H L),
         Y = L dW_2 L^T H V / m = L dW_2 K L^T / m, so the noise is L (G + G^T) L^T with
         G = c_1 dW_1 + c_2 dW_2 K / m: three m x m products instead of five."""
         if self.causal:
-            return super().noise(V, L, dW)
+            return super().noise(V, L, dW, LT)
         G = self._lin_scale * dW[0]
         if self.heads != math.inf:
             m = V.shape[0]
             HL = L - jnp.full((m,), 1.0 / m, L.dtype) @ L  # rows centred: H L
             K = fused_matmul(HL.T, HL)  # m rank-one updates, no transposed product
             G = G + self._attention_scale / m * matmul(dW[1], K)
-        return matmul(matmul(L, G + G.T), L.T)
+        return matmul(matmul(L, G + G.T), L.T if LT is None else LT)
 
     @property
     def _lin_scale(self) -> float:

@@ -53,9 +53,10 @@ class Block(eqx.Module):
     def diffusion_cov(self, V: Array) -> Array:
         """Sigma(V)_{abcd} = lim n Cov[dV_ab, dV_cd | V], shape (m, m, m, m)."""
 
-    def noise(self, V: Array, L: Array, dW: Array) -> Array:
-        """Noise increment, linear in ``dW`` of shape (n_noise, m, m), with ``L L^T = V``."""
-        return self.noise_from(V, congruence(L, dW))
+    def noise(self, V: Array, L: Array, dW: Array, LT: Array | None = None) -> Array:
+        """Noise increment, linear in ``dW`` of shape (n_noise, m, m), with ``L L^T = V``
+        (``LT``: L^T if the caller stores it, see ``linalg.congruence``)."""
+        return self.noise_from(V, congruence(L, dW, LT))
 
     @abc.abstractmethod
     def noise_from(self, V: Array, N: Array) -> Array:
