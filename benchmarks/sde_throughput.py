@@ -17,8 +17,10 @@ a user's jitted function would.
 
 Compilation is reported separately: "first call" is the first ``solve_sde`` call for a shape
 (tracing + compilation + run), "steady" the best of the timed repeats with other keys (identical
-shapes, so nothing recompiles). Achieved GFLOP/s use the flop model of ``flops_per_step``
-against the measured float32 matmul peak (best of n x n products).
+shapes, so nothing recompiles). ``solve_sde`` and the scan are timed in alternation, round by
+round, so both see the same machine load; "x scan" is the ratio of their best times and
+"(med)" the median over rounds of the ratio within a round. Achieved GFLOP/s use the flop model
+of ``flops_per_step`` against the measured float32 matmul peak (best of n x n products).
 
     .venv/bin/python benchmarks/sde_throughput.py               # full table, a few minutes
     .venv/bin/python benchmarks/sde_throughput.py --quick       # m = 8 only, about 1 minute
@@ -171,6 +173,20 @@ def best_time(fn: Callable[[int], object], repeats: int) -> float:
     return min(times)
 
 
+def paired_times(fns: list[Callable[[int], object]], repeats: int) -> np.ndarray:
+    """Times (repeats, len(fns)) of calls fn(seed) with seeds 1, 2, ..., interleaved: every
+    round calls each fn once, in alternating order. On a shared machine the load drifts over
+    minutes; timing one implementation after the other would skew their ratio."""
+    times = np.zeros((repeats, len(fns)))
+    for r in range(repeats):
+        order = range(len(fns)) if r % 2 == 0 else reversed(range(len(fns)))
+        for i in order:
+            t0 = time.perf_counter()
+            jax.block_until_ready(fns[i](r + 1))
+            times[r, i] = time.perf_counter() - t0
+    return times
+
+
 def matmul_peak(sizes: tuple[int, ...] = (256, 512, 1024, 2048)) -> float:
     """Best float32 GFLOP/s of an n x n matrix product over ``sizes``."""
     best = 0.0
@@ -195,11 +211,10 @@ def measure(m: int, n_paths: int, repeats: int, numpy_steps: int) -> dict:
     t0 = time.perf_counter()
     library(0)
     first = time.perf_counter() - t0
-    t_lib = best_time(library, repeats)
-
     scan = scan_euler(V0, n_paths, n_steps)
     scan(jax.random.PRNGKey(0)).block_until_ready()
-    t_scan = best_time(lambda s: scan(jax.random.PRNGKey(s)), repeats)
+    paired = paired_times([library, lambda s: scan(jax.random.PRNGKey(s))], repeats)
+    t_lib, t_scan = paired.min(axis=0)
     t_np = best_time(lambda s: numpy_euler(V0, n_paths, numpy_steps, s), 1)
     t_loop = best_time(lambda s: numpy_path_loop(V0, 20, 32, s), 1)
 
@@ -209,6 +224,7 @@ def measure(m: int, n_paths: int, repeats: int, numpy_steps: int) -> dict:
     return {"m": m, "n_paths": n_paths, "n_steps": n_steps, "devices": jax.local_device_count(),
             "first_call_s": first, "steady_s": t_lib, "rate": rate,
             "ratio_scan": rate["solve_sde"] / rate["scan"],
+            "ratio_scan_median": float(np.median(paired[:, 1] / paired[:, 0])),
             "ratio_numpy": rate["solve_sde"] / rate["numpy"],
             "ratio_numpy_loop": rate["solve_sde"] / rate["numpy_loop"],
             "gflops": rate["solve_sde"] * flops_per_step(m) / 1e9}
@@ -217,7 +233,8 @@ def measure(m: int, n_paths: int, repeats: int, numpy_steps: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="m = 8, 1000 and 10000 paths")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="timed rounds (solve_sde and the scan alternate)")
     parser.add_argument("--devices", type=int, default=1,
                         help="host CPU devices to start JAX with (solve_sde uses all)")
     parser.add_argument("--out", default=None, help="JSON output (default: "
@@ -229,7 +246,7 @@ def main() -> None:
     peak = matmul_peak()
     print(f"JAX devices: {jax.local_device_count()}; matmul peak: {peak:.0f} GFLOP/s (float32)")
     print(f"{'m':>3} {'paths':>6} {'first s':>8} {'steady s':>9} {'solve_sde/s':>12} "
-          f"{'scan/s':>10} {'numpy/s':>10} {'loop/s':>8} {'x scan':>7} {'x numpy':>8} "
+          f"{'scan/s':>10} {'numpy/s':>10} {'loop/s':>8} {'x scan':>7} {'(med)':>6} {'x numpy':>8} "
           f"{'x loop':>7} {'GFLOP/s':>8} {'% peak':>7}")
     rows = []
     for m in ms:
@@ -240,7 +257,8 @@ def main() -> None:
             q = r["rate"]
             print(f"{m:>3} {n_paths:>6} {r['first_call_s']:>8.2f} {r['steady_s']:>9.3f} "
                   f"{q['solve_sde']:>12.3g} {q['scan']:>10.3g} {q['numpy']:>10.3g} "
-                  f"{q['numpy_loop']:>8.3g} {r['ratio_scan']:>7.2f} {r['ratio_numpy']:>8.1f} "
+                  f"{q['numpy_loop']:>8.3g} {r['ratio_scan']:>7.2f} {r['ratio_scan_median']:>6.2f} "
+                  f"{r['ratio_numpy']:>8.1f} "
                   f"{r['ratio_numpy_loop']:>7.0f} {r['gflops']:>8.2f} "
                   f"{100 * r['gflops'] / peak:>7.2f}", flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
