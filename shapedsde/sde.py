@@ -44,7 +44,7 @@ from ._batching import over_devices, run_chunked
 from ._precision import resolve_dtype
 from ._random import path_key_words, standard_normal
 from .blocks.base import Block
-from .linalg import cholesky, mirror_lower, psd_parts
+from .linalg import cholesky, mirror_lower, psd_parts, sym
 from .normalize import ito_drift, ito_noise, rms
 from .trajectories import Trajectories
 from .validation import check_covariance, check_int, check_normalize, check_real
@@ -200,7 +200,7 @@ def _onto_state_space(V: Array, normalize: str | None,
 
 
 def initial_state(V0: Array, n_paths: int, normalize: str | None) -> SDEState:
-    V, L, _, _ = _onto_state_space(V0[None], normalize, jnp.ones((1,), bool))
+    V, L, _, _ = _onto_state_space(sym(V0[None]), normalize, jnp.ones((1,), bool))
     zeros = jnp.zeros((n_paths,), V.dtype)
     shape = (n_paths,) + V0.shape
     return SDEState(V=jnp.broadcast_to(V, shape), L=jnp.broadcast_to(L, shape),
