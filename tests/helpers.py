@@ -10,12 +10,18 @@ import shapedsde as sd
 from shapedsde.linalg import psd_sqrt
 
 
-def noise_covariance(block: sd.Block, V: jax.Array) -> jax.Array:
-    """sum_i u_i (x) u_i over the unit Brownian directions u_i = noise(V, L, e_i)."""
+def noise_covariance(block: sd.Block, V: jax.Array, solver_root: bool = False) -> jax.Array:
+    """sum_i u_i (x) u_i over the unit Brownian directions u_i = noise(V, L, e_i). With
+    ``solver_root`` L is the Cholesky factor and L^T is passed stored, as ``solve_sde`` does;
+    otherwise L is the symmetric root."""
     m = V.shape[0]
-    L, _ = psd_sqrt(V)
+    if solver_root:
+        L = jnp.linalg.cholesky(V)
+        LT = jnp.asarray(np.asarray(L).T)
+    else:
+        L, LT = psd_sqrt(V)[0], None
     basis = jnp.eye(block.n_noise * m * m).reshape(-1, block.n_noise, m, m)
-    u = jax.vmap(lambda e: block.noise(V, L, e))(basis)
+    u = jax.vmap(lambda e: block.noise(V, L, e, LT))(basis)
     return jnp.einsum("iab,icd->abcd", u, u)
 
 

@@ -28,12 +28,14 @@ def test_cheap_noise_has_the_diffusion_covariance(block):
 
 @pytest.mark.parametrize("block", BLOCKS[1:3] + [sd.ShapedTransformerBlock()], ids=repr)
 def test_cheap_noise_has_the_diffusion_covariance_at_m8(block):
-    """m = 8: the products are ``dot`` calls, not the fused form used for m <= 7."""
+    """m = 8: the products are ``dot`` calls, not the fused form used for m <= 7; both with
+    the symmetric root and with the solver's Cholesky factor and stored L^T."""
     A = np.random.default_rng(8).standard_normal((8, 8))
     V8 = jnp.asarray(A @ A.T / 8 + 0.2 * np.eye(8), jnp.float32)
     S = block.diffusion_cov(V8)
-    np.testing.assert_allclose(noise_covariance(block, V8), S, rtol=1e-4,
-                               atol=1e-5 * float(jnp.max(jnp.abs(S))))
+    for solver_root in (False, True):
+        np.testing.assert_allclose(noise_covariance(block, V8, solver_root), S, rtol=1e-4,
+                                   atol=1e-5 * float(jnp.max(jnp.abs(S))))
 
 
 @pytest.mark.parametrize("block", BLOCKS, ids=repr)
