@@ -23,7 +23,7 @@ round, so both see the same machine load; "x scan" is the ratio of their best ti
 of ``flops_per_step`` against the measured float32 matmul peak (best of n x n products).
 
     .venv/bin/python benchmarks/sde_throughput.py               # full table, a few minutes
-    .venv/bin/python benchmarks/sde_throughput.py --quick       # m = 8 only, about 1 minute
+    .venv/bin/python benchmarks/sde_throughput.py --quick       # m = 8 only, about 1.5 minutes
     .venv/bin/python benchmarks/sde_throughput.py --devices 2   # paths over 2 CPU devices
 
 Results are printed and written to benchmarks/results/sde_throughput.json.
