@@ -11,6 +11,10 @@ V0_ab = 0.8^|a-b| to T = 1 with dt = 1/256, float32. Three implementations, time
   ``linalg.cholesky``), looping over steps; and ``numpy loop``, the literal loop over paths and
   steps (one m x m Cholesky and a few small products per path-step), timed on 20 paths.
 
+"noise/s" is the rate of drawing ``solve_sde``'s noise alone (``noise_floor``), and "bound"
+that rate over vectorised NumPy's: no Euler solver that draws this noise can be more than
+"bound" times faster than (b), whatever the rest of its step costs.
+
 ``--devices N`` starts JAX with N host CPU devices (``XLA_FLAGS``, before JAX is imported):
 ``solve_sde`` then splits its paths over them, while the plain scan (a) runs on one device, as
 a user's jitted function would.
@@ -55,9 +59,12 @@ if DEVICES > 1:  # must happen before JAX starts
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from jax.sharding import NamedSharding  # noqa: E402
+from jax.sharding import PartitionSpec as P  # noqa: E402
 from network_cost import machine  # noqa: E402
 
 import shapedsde as sd  # noqa: E402
+from shapedsde.sde import standard_normal_matrices  # noqa: E402
 
 GAMMA, TAU0, T, DT = 0.5, 1.0, 1.0, 2.0**-8
 MS = (4, 8, 16, 32)
@@ -162,6 +169,31 @@ def numpy_path_loop(V0: np.ndarray, n_paths: int, n_steps: int, seed: int) -> np
     return out
 
 
+# -- the noise alone ------------------------------------------------------------------------
+def noise_floor(m: int, n_paths: int, n_steps: int) -> Callable[[int], jax.Array]:
+    """Jitted seed -> sum of the noise ``solve_sde`` draws for shaped attention over ``n_steps``
+    steps (its own generator: per-path Threefry keys, Box-Muller, n m^2 normals per path-step)
+    and nothing else. Its rate bounds any Euler solver that draws this noise."""
+    n = sd.ShapedAttention().n_noise
+
+    @jax.jit
+    def total(words: jax.Array) -> jax.Array:
+        def body(k: jax.Array, acc: jax.Array) -> jax.Array:
+            z = standard_normal_matrices(words, k.astype(jnp.uint32), n, m, jnp.float32)
+            return acc + jnp.sum(z)
+
+        return jax.lax.fori_loop(0, n_steps, body, jnp.zeros((), jnp.float32))
+
+    # paths split over the local devices, as solve_sde splits them
+    paths = NamedSharding(jax.make_mesh((jax.local_device_count(),), ("paths",)), P("paths"))
+
+    def run(seed: int) -> jax.Array:
+        words = jax.random.bits(jax.random.PRNGKey(seed), (n_paths, 2), jnp.uint32)
+        return total(jax.device_put(words, paths))
+
+    return run
+
+
 # -- timing ---------------------------------------------------------------------------------
 def best_time(fn: Callable[[int], object], repeats: int) -> float:
     """Fastest of ``repeats`` calls fn(seed) with seeds 1, 2, ... (outputs pulled to host)."""
@@ -217,16 +249,21 @@ def measure(m: int, n_paths: int, repeats: int, numpy_steps: int) -> dict:
     t_lib, t_scan = paired.min(axis=0)
     t_np = best_time(lambda s: numpy_euler(V0, n_paths, numpy_steps, s), 1)
     t_loop = best_time(lambda s: numpy_path_loop(V0, 20, 32, s), 1)
+    noise = noise_floor(m, n_paths, n_steps)
+    noise(0).block_until_ready()
+    t_noise = best_time(noise, repeats)
 
     path_steps = n_paths * n_steps
     rate = {"solve_sde": path_steps / t_lib, "scan": path_steps / t_scan,
-            "numpy": n_paths * numpy_steps / t_np, "numpy_loop": 20 * 32 / t_loop}
+            "numpy": n_paths * numpy_steps / t_np, "numpy_loop": 20 * 32 / t_loop,
+            "noise": path_steps / t_noise}
     return {"m": m, "n_paths": n_paths, "n_steps": n_steps, "devices": jax.local_device_count(),
             "first_call_s": first, "steady_s": t_lib, "rate": rate,
             "ratio_scan": rate["solve_sde"] / rate["scan"],
             "ratio_scan_median": float(np.median(paired[:, 1] / paired[:, 0])),
             "ratio_numpy": rate["solve_sde"] / rate["numpy"],
             "ratio_numpy_loop": rate["solve_sde"] / rate["numpy_loop"],
+            "ratio_numpy_bound": rate["noise"] / rate["numpy"],
             "gflops": rate["solve_sde"] * flops_per_step(m) / 1e9}
 
 
@@ -247,7 +284,7 @@ def main() -> None:
     print(f"JAX devices: {jax.local_device_count()}; matmul peak: {peak:.0f} GFLOP/s (float32)")
     print(f"{'m':>3} {'paths':>6} {'first s':>8} {'steady s':>9} {'solve_sde/s':>12} "
           f"{'scan/s':>10} {'numpy/s':>10} {'loop/s':>8} {'x scan':>7} {'(med)':>6} {'x numpy':>8} "
-          f"{'x loop':>7} {'GFLOP/s':>8} {'% peak':>7}")
+          f"{'x loop':>7} {'noise/s':>9} {'bound':>6} {'GFLOP/s':>8} {'% peak':>7}")
     rows = []
     for m in ms:
         for n_paths in PATHS if m <= 16 else PATHS[:1]:  # m = 32: 10^4 paths take minutes
@@ -259,7 +296,8 @@ def main() -> None:
                   f"{q['solve_sde']:>12.3g} {q['scan']:>10.3g} {q['numpy']:>10.3g} "
                   f"{q['numpy_loop']:>8.3g} {r['ratio_scan']:>7.2f} {r['ratio_scan_median']:>6.2f} "
                   f"{r['ratio_numpy']:>8.1f} "
-                  f"{r['ratio_numpy_loop']:>7.0f} {r['gflops']:>8.2f} "
+                  f"{r['ratio_numpy_loop']:>7.0f} {q['noise']:>9.3g} "
+                  f"{r['ratio_numpy_bound']:>6.1f} {r['gflops']:>8.2f} "
                   f"{100 * r['gflops'] / peak:>7.2f}", flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": machine(), "matmul_peak_gflops": peak,

@@ -78,6 +78,15 @@ class _DriftTerm(diffrax.AbstractTerm):
         return vf * control
 
 
+def standard_normal_matrices(words: Array, step: Array, n: int, m: int,
+                             dtype: jnp.dtype) -> Array:
+    """The n iid standard normal m x m matrices (B, n, m, m) of grid step ``step`` for paths
+    with Threefry keys ``words`` (B, 2). Drawn in the (m, n, m) layout that
+    ``linalg.congruence`` multiplies, so its transposes and this one cancel."""
+    z = jax.vmap(lambda w: standard_normal(w, step, n * m * m, dtype))(words)
+    return jnp.moveaxis(z.reshape(-1, m, n, m), 2, 1)
+
+
 class _NoiseTerm(diffrax.AbstractTerm):
     """Matrix-Brownian noise term: control dW (B, n_noise, m, m), product noise(V, L, dW).
 
@@ -94,11 +103,9 @@ class _NoiseTerm(diffrax.AbstractTerm):
 
     def contr(self, t0, t1, **kwargs) -> Array:
         step = jnp.round(t0 * self.steps_per_time).astype(jnp.uint32)
-        m, n = self.sde.m, self.sde.block.n_noise
-        z = jax.vmap(standard_normal, (0, None, None, None))(
-            self.words, step, n * m * m, self.sde.dtype)
-        # drawn as (m, n, m), the layout ``linalg.congruence`` multiplies: no transpose
-        return jnp.moveaxis(z.reshape(-1, m, n, m), 2, 1) * jnp.sqrt(t1 - t0)
+        z = standard_normal_matrices(self.words, step, self.sde.block.n_noise, self.sde.m,
+                                     self.sde.dtype)
+        return z * jnp.sqrt(t1 - t0)
 
     def prod(self, vf: SDEState, control: Array) -> Array:
         return jax.vmap(self.sde.noise)(vf, control)
