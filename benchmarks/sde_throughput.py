@@ -197,12 +197,7 @@ def noise_floor(m: int, n_paths: int, n_steps: int) -> Callable[[int], jax.Array
 # -- timing ---------------------------------------------------------------------------------
 def best_time(fn: Callable[[int], object], repeats: int) -> float:
     """Fastest of ``repeats`` calls fn(seed) with seeds 1, 2, ... (outputs pulled to host)."""
-    times = []
-    for seed in range(1, repeats + 1):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(seed))
-        times.append(time.perf_counter() - t0)
-    return min(times)
+    return float(paired_times([fn], repeats).min())
 
 
 def paired_times(fns: list[Callable[[int], object]], repeats: int) -> np.ndarray:
