@@ -12,7 +12,10 @@ the law of V' given X depends on X only through V = L L^T. Rotating X to sqrt(n)
       n V' = (sqrt(n) lambda L + gamma L_M G_a)(...)^T + gamma^2 L_M (Z_b Z_b^T) L_M^T,
   with Z_b Z_b^T ~ Wishart_p(I, n - m) (Bartlett when n - m >= p, else sampled directly).
 
-The cost is O(m^3 + p^3) per sub-block, independent of the width n.
+The cost is O(m^3 + p^3) per sub-block, independent of the width n. When no shape depends on
+n (Bartlett factors, n_k >= m), the width may be a traced JAX scalar instead of a Python int, so
+one compilation serves every width (``simulate_network`` does this where the block allows it,
+see ``Block.reduced_width_traceable``).
 """
 
 from __future__ import annotations
@@ -21,22 +24,38 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import Array
 
 from .linalg import psd_sqrt
 from .normalize import rms
 
+Scalar = float | int | Array
+"""A block parameter or a width: a Python number (static under jit) or a traced JAX scalar."""
 
-def wishart_factor(key: Array, p: int, dof: int, dtype) -> Array:
+
+def is_static(x: Scalar) -> bool:
+    """Whether x is a plain Python (or NumPy) number, known when the code is traced."""
+    return isinstance(x, (int, float, np.integer, np.floating))
+
+
+def scalar_sqrt(x: Scalar) -> Scalar:
+    """sqrt of a Python number in double precision (as ``math.sqrt``: the compiled code is the
+    same as before parameters could be traced), or of a traced JAX scalar with ``jnp.sqrt``."""
+    return math.sqrt(x) if is_static(x) else jnp.sqrt(x)
+
+
+def wishart_factor(key: Array, p: int, dof: Scalar, dtype) -> Array:
     """A (p, q) matrix T with T T^T ~ Wishart_p(I, dof) (q = min(p, dof); zero if dof = 0).
 
     dof >= p: lower-triangular Bartlett factor, T_ii = sqrt(chi^2_{dof - i}) (i = 0..p-1),
     T_ij ~ N(0, 1) below the diagonal: O(p^2) draws instead of O(p dof).
     dof < p: T = Z with Z iid p x dof (the Wishart is singular; direct sampling is cheaper).
+    A traced ``dof`` must be >= p (the caller guarantees it): only Bartlett has static shapes.
     """
-    if dof <= 0:
+    if is_static(dof) and dof <= 0:
         return jnp.zeros((p, 1), dtype)
-    if dof < p:
+    if is_static(dof) and dof < p:
         return jax.random.normal(key, (p, dof), dtype)
     k_diag, k_low = jax.random.split(key)
     chi2 = 2.0 * jax.random.gamma(k_diag, (dof - jnp.arange(p)) / 2.0, dtype=dtype)
@@ -44,28 +63,29 @@ def wishart_factor(key: Array, p: int, dof: int, dtype) -> Array:
     return low + jnp.diag(jnp.sqrt(chi2))
 
 
-def gaussian_product(key: Array, m: int, n_k: int, dtype) -> Array:
-    """A sample of Z_q Z_k^T for Z_q, Z_k iid m x n_k, shape (m, m), at cost O(m^3)."""
+def gaussian_product(key: Array, m: int, n_k: Scalar, dtype) -> Array:
+    """A sample of Z_q Z_k^T for Z_q, Z_k iid m x n_k, shape (m, m), at cost O(m^3) (a traced
+    ``n_k`` must be >= m)."""
     k_g, k_w = jax.random.split(key)
-    if n_k < m:
+    if is_static(n_k) and n_k < m:
         Z = jax.random.normal(k_g, (2, m, n_k), dtype)
         return Z[0] @ Z[1].T
     G = jax.random.normal(k_g, (m, m), dtype)
     return G @ wishart_factor(k_w, m, n_k, dtype).T
 
 
-def residual_gram(key: Array, L: Array, L_M: Array, gamma: float, width: int) -> Array:
+def residual_gram(key: Array, L: Array, L_M: Array, gamma: Scalar, width: Scalar) -> Array:
     """V' of X' = lambda X + gamma * (branch with token factor L_M) Z_out / sqrt(n), exactly in
     law, where X X^T / n = L L^T and Z_out is the fresh iid output projection. The law depends
     on L_M only through L_M L_M^T, so a wide L_M (p > m, e.g. several heads) is first replaced
-    by an m x m square root of it."""
+    by an m x m square root of it. A traced ``width`` must be >= 2 m (Bartlett tail)."""
     if L_M.shape[1] > L_M.shape[0]:
         L_M = root(L_M @ L_M.T)
     m, p = L_M.shape
     k_a, k_b = jax.random.split(key)
-    lam = math.sqrt(1.0 - gamma**2)
+    lam = scalar_sqrt(1.0 - gamma**2)
     G_a = jax.random.normal(k_a, (p, m), L.dtype)
-    head = math.sqrt(width) * lam * L + gamma * L_M @ G_a
+    head = scalar_sqrt(width) * lam * L + gamma * L_M @ G_a
     tail = gamma * L_M @ wishart_factor(k_b, p, width - m, L.dtype)
     return (head @ head.T + tail @ tail.T) / width
 

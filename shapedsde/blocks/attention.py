@@ -34,7 +34,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from ..linalg import fused_matmul, lin, matmul, total
-from ..reduced import gaussian_product, maybe_normalize, residual_gram, root
+from ..reduced import Scalar, gaussian_product, maybe_normalize, residual_gram, root, scalar_sqrt
 from ..validation import check_int, check_real
 from .base import Block, residual_output
 
@@ -59,7 +59,7 @@ def _mask(m: int, causal: bool) -> Array:
 class _Attention(Block):
     """Shared finite layer of both attention kinds; subclasses define the attention matrix."""
 
-    gamma: float = eqx.field(static=True)
+    gamma: Scalar  # a leaf, not static: see Block and traced_parameters
     heads: float | int = eqx.field(static=True)
     key_dim: int | None = eqx.field(static=True)
     causal: bool = eqx.field(static=True)
@@ -68,8 +68,13 @@ class _Attention(Block):
     def attention_matrix(self, S: Array, mask: Array, width: int) -> Array:
         """Row-stochastic-like mixing matrix A from the logits S (m, m) of one head."""
 
-    def head_key_dim(self, width: int) -> int:
+    def head_key_dim(self, width: Scalar) -> Scalar:
         return self.key_dim if self.key_dim is not None else width // int(self.heads)
+
+    def reduced_width_traceable(self, width: int, m: int) -> bool:
+        """The reduced layer's shapes do not depend on the width when the logits' Wishart and
+        the output's Wishart both take the Bartlett form: n_k >= m and n - m >= m."""
+        return self.heads != math.inf and self.head_key_dim(width) >= m and width >= 2 * m
 
     def check_width(self, width: int) -> None:
         if self.heads == math.inf:
@@ -113,14 +118,15 @@ class _Attention(Block):
             raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
         self.causal = causal
 
-    def reduced_layer(self, key: Array, V: Array, width: int, normalize: str | None) -> Array:
+    def reduced_layer(self, key: Array, V: Array, width: Scalar,
+                      normalize: str | None) -> Array:
         m = V.shape[0]
         H, nk = int(self.heads), self.head_key_dim(width)
         k_s, k_out = jax.random.split(key)
         L = root(V)
         prods = jax.vmap(lambda k: gaussian_product(k, m, nk, V.dtype))(
             jax.random.split(k_s, H))
-        S = L @ prods @ L.T / math.sqrt(nk)  # (H, m, m), the logits of every head
+        S = L @ prods @ L.T / scalar_sqrt(nk)  # (H, m, m), the logits of every head
         A = jax.vmap(self.attention_matrix, (0, None, None))(S, _mask(m, self.causal), width)
         L_M = jnp.transpose(A @ L, (1, 0, 2)).reshape(m, H * m) / math.sqrt(H)  # (m, H m)
         return maybe_normalize(residual_gram(k_out, L, L_M, self.gamma, width), normalize)
@@ -130,7 +136,7 @@ class ShapedAttention(_Attention):
     """Shaped attention residual sub-block: softmax centred at the identity, logits cooled by
     tau = tau0 sqrt(width). ``heads`` may be ``math.inf`` in the SDE (no attention noise)."""
 
-    tau0: float = eqx.field(static=True)
+    tau0: Scalar  # a leaf, not static: see Block and traced_parameters
 
     def __init__(self, tau0: float = 1.0, gamma: float = 0.5, heads: float | int = 1,
                  key_dim: int | None = None, causal: bool = False):
@@ -147,8 +153,8 @@ class ShapedAttention(_Attention):
         P1V = jnp.mean(P1 @ V, axis=0)
         return self.gamma**2 / (self.tau0 * math.sqrt(n)) * (P1V + P1V.T)
 
-    def attention_matrix(self, S: Array, mask: Array, width: int) -> Array:
-        logits = jnp.where(mask, S / (self.tau0 * math.sqrt(width)), -jnp.inf)
+    def attention_matrix(self, S: Array, mask: Array, width: Scalar) -> Array:
+        logits = jnp.where(mask, S / (self.tau0 * scalar_sqrt(width)), -jnp.inf)
         U = (mask / jnp.sum(mask, axis=1, keepdims=True)).astype(S.dtype)
         return jnp.eye(S.shape[0], dtype=S.dtype) + jax.nn.softmax(logits, axis=1) - U
 
@@ -222,11 +228,11 @@ class ShapedAttention(_Attention):
         return matmul(matmul(L, G + G.T), L.T if LT is None else LT)
 
     @property
-    def _lin_scale(self) -> float:
-        return math.sqrt(self.gamma**2 * (2.0 - self.gamma**2) / 2.0)
+    def _lin_scale(self) -> Scalar:
+        return scalar_sqrt(self.gamma**2 * (2.0 - self.gamma**2) / 2.0)
 
     @property
-    def _attention_scale(self) -> float:
+    def _attention_scale(self) -> Scalar:
         return self.gamma**2 / (self.tau0 * math.sqrt(self.heads))
 
     def noise_from(self, V: Array, N: Array) -> Array:

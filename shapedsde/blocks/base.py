@@ -22,10 +22,12 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import Array
 
 from ..linalg import congruence
 from ..normalize import rms
+from ..reduced import Scalar, scalar_sqrt
 
 
 class NoSDELimitError(ValueError):
@@ -33,7 +35,10 @@ class NoSDELimitError(ValueError):
 
 
 class Block(eqx.Module):
-    """Abstract residual block (a frozen pytree: all configuration fields are static)."""
+    """Abstract residual block, a frozen pytree. Fields that change shapes or structure (heads,
+    key_dim, causal) are static; the float parameters (gamma, tau0, c_plus, c_minus) are
+    ordinary leaves, Python floats after ``__init__`` and JAX scalars after
+    :func:`traced_parameters`, so that compiled code does not specialise on their values."""
 
     @property
     def has_sde(self) -> bool:
@@ -86,6 +91,12 @@ class Block(eqx.Module):
     def check_width(self, width: int) -> None:  # noqa: B027 - optional hook
         """Raise ValueError if the finite network cannot be built at this width."""
 
+    def reduced_width_traceable(self, width: int, m: int) -> bool:
+        """Whether ``reduced_layer`` at this width and m tokens may take the width as a traced
+        JAX scalar: none of its shapes depends on the width there (then one compilation serves
+        every such width). False unless a block says otherwise."""
+        return False
+
     def no_sde_error(self) -> NoSDELimitError:
         return NoSDELimitError(
             f"{type(self).__name__} has no covariance-SDE limit (its logits are not cooled "
@@ -105,9 +116,24 @@ class Block(eqx.Module):
 
 
 def _jsonable(v: Any) -> Any:
+    if isinstance(v, (jax.Array, np.ndarray, np.generic)) and np.ndim(v) == 0:
+        v = float(v)  # a parameter made traceable by traced_parameters
     if isinstance(v, float) and v == float("inf"):
         return "inf"
     return v
+
+
+def traced_parameters(block: Block, dtype: Any) -> Block:
+    """The block with every float parameter (each non-static float leaf: gamma, tau0, c_plus,
+    c_minus, also inside a Transformer block) as a JAX scalar of ``dtype``.
+
+    ``eqx.filter_jit`` treats Python floats as static and compiles once per value; apply this
+    just before a jitted call so that a sweep over block parameters reuses one compilation.
+    Validation stays in the blocks' ``__init__``; ``config()`` still gives plain floats."""
+    if not isinstance(block, Block):
+        raise TypeError(f"block must be a shapedsde Block, got {type(block).__name__}")
+    return jax.tree_util.tree_map(
+        lambda x: jnp.asarray(x, dtype) if isinstance(x, float) else x, block)
 
 
 def rms_rows(X: Array) -> Array:
@@ -115,7 +141,7 @@ def rms_rows(X: Array) -> Array:
     return X * jax.lax.rsqrt(jnp.mean(X * X, axis=-1, keepdims=True))
 
 
-def residual_output(X: Array, F: Array, W: Array, gamma: float, normalize: str | None,
+def residual_output(X: Array, F: Array, W: Array, gamma: Scalar, normalize: str | None,
                     branch_cv: Array) -> tuple[Array, Array]:
     """The residual update X' = lambda X + gamma B, B = F W / sqrt(n), shared by all blocks.
 
@@ -131,7 +157,7 @@ def residual_output(X: Array, F: Array, W: Array, gamma: float, normalize: str |
     pushed through Df(V), still of mean zero.
     """
     n = X.shape[-1]
-    lam = math.sqrt(1.0 - gamma**2)
+    lam = scalar_sqrt(1.0 - gamma**2)
     B = F @ W / math.sqrt(n)
     cv = lam * gamma * (X @ B.T + B @ X.T) / n + gamma**2 * (B @ B.T - F @ F.T) / n + branch_cv
     X1 = lam * X + gamma * B

@@ -16,18 +16,17 @@ from __future__ import annotations
 
 import math
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jax import Array
 
 from ..linalg import lin
-from ..reduced import maybe_normalize, residual_gram, root
+from ..reduced import Scalar, maybe_normalize, residual_gram, root, scalar_sqrt
 from ..validation import check_real
 from .base import Block, residual_output
 
 
-def nu(rho: Array, c_plus: float, c_minus: float) -> Array:
+def nu(rho: Array, c_plus: Scalar, c_minus: Scalar) -> Array:
     """nu(rho) = (c_+ - c_-)^2 / (2 pi) (sqrt(1 - rho^2) - rho arccos rho); nu(1) = 0."""
     rho = jnp.clip(rho, -1.0, 1.0)
     return (c_plus - c_minus) ** 2 / (2 * math.pi) * (
@@ -37,9 +36,10 @@ def nu(rho: Array, c_plus: float, c_minus: float) -> Array:
 class ShapedMLP(Block):
     """Shaped-ReLU MLP residual sub-block; hidden width equals the width."""
 
-    gamma: float = eqx.field(static=True)
-    c_plus: float = eqx.field(static=True)
-    c_minus: float = eqx.field(static=True)
+    # leaves, not static: see Block and traced_parameters
+    gamma: Scalar
+    c_plus: Scalar
+    c_minus: Scalar
 
     def __init__(self, gamma: float = 0.5, c_plus: float = 0.0, c_minus: float = -1.0):
         self.gamma = check_real("gamma", gamma, low=0.0, high=1.0)
@@ -63,7 +63,7 @@ class ShapedMLP(Block):
         """c phi(Y) at hidden width n."""
         s_plus = 1.0 + self.c_plus / math.sqrt(width)
         s_minus = 1.0 + self.c_minus / math.sqrt(width)
-        c = math.sqrt(2.0 / (s_plus**2 + s_minus**2))
+        c = scalar_sqrt(2.0 / (s_plus**2 + s_minus**2))
         return c * (s_plus * jnp.maximum(Y, 0.0) + s_minus * jnp.minimum(Y, 0.0))
 
     # -- finite layer --------------------------------------------------------------------
