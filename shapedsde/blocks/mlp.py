@@ -90,6 +90,12 @@ class ShapedMLP(Block):
         return maybe_normalize(residual_gram(k2, L, F / math.sqrt(width), self.gamma, width),
                                normalize)
 
+    def nngp_layer(self, V: Array, normalize: str | None) -> Array:
+        """The identity (then "rms"): the slopes 1 + c_pm / sqrt(n) -> 1 make phi linear, so
+        c^2 E[phi(u) phi(v)] -> E[u v] and V' = V at n = infinity. Nothing happens at fixed
+        depth; the dynamics live at depth of order n (the SDE)."""
+        return maybe_normalize(V, normalize)
+
     # -- SDE coefficients ----------------------------------------------------------------
     @property
     def n_noise(self) -> int:

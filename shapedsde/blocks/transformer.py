@@ -14,9 +14,10 @@ from __future__ import annotations
 import jax
 from jax import Array
 
-from .attention import ShapedAttention
+from .attention import ShapedAttention, StandardAttention
 from .base import Block
 from .mlp import ShapedMLP
+from .standard_mlp import StandardMLP
 
 
 class ShapedTransformerBlock(Block):
@@ -55,6 +56,18 @@ class ShapedTransformerBlock(Block):
             V = part.reduced_layer(k, V, width, normalize)
         return V
 
+    def nngp_layer(self, V: Array, normalize: str | None) -> Array:
+        """The sub-blocks' infinite-width maps in turn ("rms" after each): the identity for
+        the shaped block."""
+        for part in self.parts:
+            V = part.nngp_layer(V, normalize)
+        return V
+
+    def infinite_width_layer(self, key: Array, V: Array, normalize: str | None) -> Array:
+        for part, k in zip(self.parts, jax.random.split(key, 2), strict=True):
+            V = part.infinite_width_layer(k, V, normalize)
+        return V
+
     @property
     def n_noise(self) -> int:
         return sum(part.n_noise for part in self.parts)
@@ -68,3 +81,25 @@ class ShapedTransformerBlock(Block):
     def noise_from(self, V: Array, N: Array) -> Array:
         k = self.attention.n_noise
         return self.attention.noise_from(V, N[:k]) + self.mlp.noise_from(V, N[k:])
+
+
+class StandardTransformerBlock(ShapedTransformerBlock):
+    """Standard attention followed by the standard ReLU MLP (the unshaped baseline): the same
+    chaining as ``ShapedTransformerBlock`` for the finite, reduced and infinite-width layers
+    (at n = infinity V' = mlp(attention(V)), with the arc-cosine kernel for the MLP), and no
+    SDE limit."""
+
+    def __init__(self, attention: StandardAttention | None = None,
+                 mlp: StandardMLP | None = None):
+        attention = StandardAttention() if attention is None else attention
+        mlp = StandardMLP() if mlp is None else mlp
+        if not isinstance(attention, StandardAttention):
+            raise TypeError(
+                f"attention must be a StandardAttention, got {type(attention).__name__}")
+        if not isinstance(mlp, StandardMLP):
+            raise TypeError(f"mlp must be a StandardMLP, got {type(mlp).__name__}")
+        self.attention, self.mlp = attention, mlp
+
+    @property
+    def has_sde(self) -> bool:
+        return False
