@@ -3,7 +3,8 @@ each chunk split over the local JAX devices.
 
 Every path draws its randomness from ``fold_in(key, path_index)``, so a path's result does not
 depend on the chunk or batch size, nor on the number of devices; chunks are padded to one
-shape (a multiple of the device count) so that one compilation serves every chunk.
+shape (a power of two up to the chunk size, and a multiple of the device count) so that one
+compilation serves every chunk, and every number of paths up to the same power of two.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from jax.sharding import Mesh, PartitionSpec
 from tqdm.auto import tqdm
 
 PATHS = "paths"
+MIN_BUCKET = 8
+"""Smallest padded chunk: runs of 1 to 8 paths share one compilation."""
 
 
 def local_mesh() -> Mesh:
@@ -38,8 +41,19 @@ def over_devices(fn: Callable[..., object], batched: object, *replicated: Array)
 
 
 def path_keys(key: Array, start: int, size: int) -> Array:
-    """Keys of paths start, ..., start + size - 1: ``fold_in(key, index)``."""
-    return jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(start, start + size))
+    """Keys of paths start, ..., start + size - 1: ``fold_in(key, index)``, the index as a
+    uint32 word (callers keep real indices below 2**32, ``validation.check_path_range``; the
+    padding beyond is dropped, so its wrapping does not matter)."""
+    index = (np.arange(size, dtype=np.uint64) + np.uint64(start)) % np.uint64(2**32)
+    return jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.asarray(index.astype(np.uint32)))
+
+
+def key_record(key: Array) -> dict[str, object]:
+    """The key as JSON (PRNG implementation and key data), stored in a result's config."""
+    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return {"impl": str(jax.random.key_impl(key)),
+                "data": np.asarray(jax.random.key_data(key)).tolist()}
+    return {"impl": "raw uint32", "data": np.asarray(key).tolist()}
 
 
 def chunks(n: int, chunk_size: int) -> Iterator[tuple[int, int]]:
@@ -49,9 +63,12 @@ def chunks(n: int, chunk_size: int) -> Iterator[tuple[int, int]]:
 
 
 def padded_chunk_size(n: int, chunk_size: int) -> int:
-    """min(chunk_size, n) rounded up to a multiple of the local device count."""
+    """Paths per compiled call: min(chunk_size, the power of two >= max(n, MIN_BUCKET)),
+    rounded up to a multiple of the local device count. A new n (a sweep over the number of
+    paths) compiles again only when it crosses a power of two below the chunk size."""
     devices = jax.local_device_count()
-    return -(-max(1, min(chunk_size, n)) // devices) * devices
+    bucket = 1 << (max(n, MIN_BUCKET) - 1).bit_length()
+    return -(-max(1, min(chunk_size, bucket)) // devices) * devices
 
 
 def run_chunked(fn: Callable[[Array], tuple[Array, ...]], key: Array, n: int, chunk_size: int,
@@ -59,10 +76,13 @@ def run_chunked(fn: Callable[[Array], tuple[Array, ...]], key: Array, n: int, ch
     """Concatenate ``fn(path_keys(chunk))`` over the chunks of paths first, ..., first + n - 1,
     dropping the padding."""
     chunk_size = padded_chunk_size(n, chunk_size)
-    parts: list[tuple[np.ndarray, ...]] = []
+    result: tuple[np.ndarray, ...] = ()
     with tqdm(total=n, desc=desc, disable=not progress, unit="path", leave=False) as bar:
         for start, size in chunks(n, chunk_size):
-            out = fn(path_keys(key, first + start, chunk_size))
-            parts.append(tuple(np.asarray(o)[:size] for o in out))
+            out = [np.asarray(o) for o in fn(path_keys(key, first + start, chunk_size))]
+            if not result:  # filled in place: the result is held once, not twice
+                result = tuple(np.empty((n, *o.shape[1:]), o.dtype) for o in out)
+            for whole, o in zip(result, out, strict=True):
+                whole[start:start + size] = o[:size]
             bar.update(size)
-    return tuple(np.concatenate(p, axis=0) for p in zip(*parts, strict=True))
+    return result

@@ -5,6 +5,12 @@ exactly V0; as every weight matrix is rotation invariant, the choice of X0 with 
 not change the law of the network. ``depth`` blocks are applied, each ``block.layer`` with fresh
 weights drawn from ``fold_in(fold_in(key, sample), layer)``, and V = X X^T / n is saved at
 evenly spaced layers. Time is t = layer / width, as in the SDE.
+
+Compilation: the block's float parameters (``traced_parameters``), V0, depth, n_save and the
+blow-up bound are traced values, the number of samples is padded to a chunk
+(``_batching.padded_chunk_size``), and so is the width for the reduced simulator where the
+block's reduced layer has width-independent shapes (``Block.reduced_width_traceable``): a sweep
+over any of these reuses one compiled ``_advance``. The full network's width is a shape.
 """
 
 from __future__ import annotations
@@ -18,11 +24,21 @@ import numpy as np
 from jax import Array
 from tqdm.auto import tqdm
 
-from ._batching import chunks, over_devices, padded_chunk_size, path_keys
+from ._batching import chunks, key_record, over_devices, padded_chunk_size, path_keys
 from ._precision import resolve_dtype
-from .blocks.base import Block, rms_rows
+from .blocks.base import Block, traced_parameters
+from .reduced import Scalar
 from .trajectories import Trajectories
-from .validation import check_covariance, check_int, check_normalize, check_real, check_width
+from .validation import (
+    check_covariance,
+    check_int,
+    check_key,
+    check_normalize,
+    check_path_range,
+    check_real,
+    check_result_size,
+    check_width,
+)
 
 
 def initial_features(V0: np.ndarray, width: int) -> np.ndarray:
@@ -32,6 +48,11 @@ def initial_features(V0: np.ndarray, width: int) -> np.ndarray:
     X0 = np.zeros((V0.shape[0], width))
     X0[:, : V0.shape[0]] = math.sqrt(width) * L0
     return X0
+
+
+def _rms_rows_np(X: np.ndarray) -> np.ndarray:
+    """``blocks.base.rms_rows`` in NumPy float64 (no per-width JAX kernel before the run)."""
+    return X / np.sqrt(np.mean(X * X, axis=-1, keepdims=True))
 
 
 def gram(X: Array) -> Array:
@@ -55,10 +76,11 @@ def _covariance(Z: Array, method: str) -> Array:
 
 @eqx.filter_jit
 def _advance(block: Block, keys: Array, states: _NetworkState, first_layer: Array,
-             n_layers: Array, width: int, method: str, normalize: str | None,
+             n_layers: Array, width: Scalar, method: str, normalize: str | None,
              bound: Array) -> tuple[_NetworkState, Array]:
     """Apply layers first_layer + 1, ..., first_layer + n_layers to a batch of samples (split
-    over the local devices)."""
+    over the local devices). ``width`` is a Python int (static) or, for a reduced layer that
+    allows it, a traced scalar."""
 
     def layer(key: Array, Z: Array) -> Array:
         if method == "full":
@@ -135,13 +157,15 @@ def simulate_network(block: Block, V0: object, *, width: int, depth: int, n_samp
     """
     if not isinstance(block, Block):
         raise TypeError(f"block must be a shapedsde Block, got {type(block).__name__}")
-    V0 = check_covariance(V0)
+    key = check_key(key)
+    V0 = check_covariance(V0, dtype=dtype)
     m = V0.shape[0]
     width = check_width(width, m)
     block.check_width(width)
     depth = check_int("depth", depth, low=1)
     n_samples = check_int("n_samples", n_samples, low=1)
     first_sample = check_int("first_sample", first_sample, low=0)
+    check_path_range(first_sample, n_samples, "first_sample", "n_samples")
     n_save = check_int("n_save", n_save, low=2)
     normalize = check_normalize(normalize)
     blowup_bound = check_real("blowup_bound", blowup_bound, low=1.0)
@@ -160,12 +184,24 @@ def simulate_network(block: Block, V0: object, *, width: int, depth: int, n_samp
     chunk_size = padded_chunk_size(n_samples, check_int("chunk_size", chunk_size, low=1))
 
     layers = save_layers(depth, n_save)
-    X0 = jnp.asarray(initial_features(V0, width), jdtype)
+    check_result_size(n_samples, len(layers), m, dtype, names=("n_samples", "n_save"),
+                      split="split the run over several calls with first_sample")
+    config = {"kind": "network", "block": block.config(), "width": width, "depth": depth,
+              "n_samples": n_samples, "first_sample": first_sample, "method": method,
+              "normalize": normalize, "blowup_bound": blowup_bound, "dtype": dtype,
+              "V0": V0.tolist(), "key": key_record(key)}
+    X0 = initial_features(V0, width)  # NumPy float64, cast once below
     if normalize == "rms":
-        X0 = rms_rows(X0)
-    Z0 = X0 if method == "full" else gram(X0)
+        X0 = _rms_rows_np(X0)
+    V_init = X0 @ X0.T / width
+    Z0 = jnp.asarray(X0 if method == "full" else V_init, jdtype)
+    V_init = np.asarray(jnp.asarray(V_init, jdtype))  # saved at t = 0, in the run's dtype
     bound = jnp.asarray(blowup_bound * float(np.max(np.diag(V0))), jdtype)
-    V_parts, t_parts = [], []
+    block = traced_parameters(block, jdtype)
+    trace_width = method == "reduced" and block.reduced_width_traceable(width, m)
+    width_arg = jnp.asarray(width, jdtype) if trace_width else width
+    V_all = np.empty((n_samples, len(layers), m, m), V_init.dtype)
+    t_exp = np.empty(n_samples, V_init.dtype)
     steps = -(-n_samples // chunk_size)
     with tqdm(total=steps * int(depth), desc="network layers", unit="layer", leave=False,
               disable=not progress) as bar:
@@ -173,20 +209,13 @@ def simulate_network(block: Block, V0: object, *, width: int, depth: int, n_samp
             keys = path_keys(key, first_sample + start, chunk_size)
             states = _NetworkState(Z=jnp.broadcast_to(Z0, (chunk_size, *Z0.shape)),
                                    t_explode=-jnp.ones(chunk_size, jdtype))
-            saved = [np.broadcast_to(np.asarray(gram(X0)), (chunk_size, m, m))]
-            for lo, hi in zip(layers[:-1], layers[1:], strict=True):
+            V_all[start:start + size, 0] = V_init
+            for i, (lo, hi) in enumerate(zip(layers[:-1], layers[1:], strict=True), 1):
                 states, V = _advance(block, keys, states, jnp.asarray(lo), jnp.asarray(hi - lo),
-                                     width, method, normalize, bound)
-                saved.append(np.asarray(V))
+                                     width_arg, method, normalize, bound)
+                V_all[start:start + size, i] = np.asarray(V)[:size]
                 bar.update(int(hi - lo))
-            V_parts.append(np.stack(saved, axis=1)[:size])
-            t_parts.append(np.asarray(states.t_explode)[:size])
-    t_exp = np.concatenate(t_parts)
+            t_exp[start:start + size] = np.asarray(states.t_explode)[:size]
     exploded = t_exp >= 0
-    return Trajectories(
-        t=layers / width, V=np.concatenate(V_parts), exploded=exploded,
-        explosion_time=np.where(exploded, t_exp, np.inf),
-        config={"kind": "network", "block": block.config(), "width": width, "depth": depth,
-                "n_samples": n_samples, "first_sample": first_sample, "method": method,
-                "normalize": normalize,
-                "blowup_bound": blowup_bound, "dtype": dtype, "V0": V0.tolist()})
+    return Trajectories(t=layers / width, V=V_all, exploded=exploded,
+                        explosion_time=np.where(exploded, t_exp, np.inf), config=config)
