@@ -19,6 +19,7 @@ from scipy import stats
 
 from shapedsde import metrics
 from shapedsde.trajectories import Trajectories
+from shapedsde.validation import check_real
 
 __all__ = ["Comparison", "ComparisonRow", "compare", "common_times"]
 
@@ -203,6 +204,34 @@ def _compare_samples(
     return ComparisonRow(**common, ks=float(ks.statistic), pvalue=float(ks.pvalue), w1=float(w1))
 
 
+def _check_arguments(
+    a: object, b: object, quantiles: object, labels: object, include_exploded: object,
+    degenerate_rtol: object,
+) -> tuple[tuple[float, ...], tuple[str, str] | None]:
+    """The argument checks of :func:`compare`; returns (quantiles, labels) normalised."""
+    for name, s in (("a", a), ("b", b)):
+        if not isinstance(s, Trajectories):
+            raise TypeError(f"{name} must be a Trajectories (from solve_sde, simulate_network "
+                            f"or Trajectories.load), got {type(s).__name__}")
+    if isinstance(quantiles, (str, bytes)) or not isinstance(quantiles, Iterable):
+        raise TypeError(f"quantiles must be a sequence of levels in [0, 1], got "
+                        f"{type(quantiles).__name__}")
+    levels = tuple(check_real("quantiles", q, low=0.0, high=1.0, low_open=False)
+                   for q in quantiles)
+    if not levels:
+        raise ValueError("quantiles must hold at least one level in [0, 1], got none")
+    if labels is not None:
+        if not (isinstance(labels, (tuple, list)) and len(labels) == 2
+                and all(isinstance(x, str) for x in labels)):
+            raise TypeError(f"labels must be a pair of strings (label of a, label of b), got "
+                            f"{labels!r}")
+        labels = (labels[0], labels[1])
+    if not isinstance(include_exploded, (bool, np.bool_)):
+        raise TypeError(f"include_exploded must be a bool, got {type(include_exploded).__name__}")
+    check_real("degenerate_rtol", degenerate_rtol, low=0.0, low_open=False)
+    return levels, labels
+
+
 def compare(
     a: Trajectories,
     b: Trajectories,
@@ -225,10 +254,19 @@ def compare(
             degenerate_rtol * max(1, |value|) is reported as a degenerate (constant) row.
 
     Raises:
-        ValueError: token counts differ, no common time, or a sample has no paths left.
+        TypeError: a or b is not a Trajectories, or an argument has the wrong type.
+        ValueError: token counts differ, no common time, a sample has no paths left, or an
+            argument is out of range (each error names its argument).
     """
+    quantiles, labels = _check_arguments(a, b, quantiles, labels, include_exploded,
+                                         degenerate_rtol)
     if a.n_tokens != b.n_tokens:
         raise ValueError(f"token counts differ: a has m = {a.n_tokens}, b has m = {b.n_tokens}")
+    if times is not None:
+        if isinstance(times, (str, bytes)) or not isinstance(times, Iterable):
+            raise TypeError(f"times must be an iterable of saved times, got "
+                            f"{type(times).__name__}")
+        times = [check_real("times", t, low=None) for t in times]
     pairs = common_times(a, b, times)
     if not pairs:
         raise ValueError(f"no common saved times (a: {a.n_times} times, b: {b.n_times} times)")

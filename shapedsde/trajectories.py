@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,9 @@ class Trajectories:
         samples, k = V.shape[:2]
         if t.shape != (k,):
             raise ValueError(f"Trajectories.t must have shape ({k},) to match V, got {t.shape}")
+        if not np.all(np.isfinite(t)) or np.any(np.diff(t) <= 0):
+            raise ValueError(f"Trajectories.t must be finite and strictly increasing, got "
+                             f"{np.array2string(t, threshold=6)}")
         if np.isnan(V).any():
             bad = np.unique(np.nonzero(np.isnan(V))[0])
             raise ValueError(
@@ -141,11 +145,16 @@ class Trajectories:
 
     # --- input / output ----------------------------------------------------------------------
 
-    def save(self, path: str | Path) -> Path:
-        """Write to a compressed .npz (``.npz`` appended if missing); return the path written."""
+    @staticmethod
+    def npz_path(path: str | Path) -> Path:
+        """The file :meth:`save` writes for ``path``: ``.npz`` appended if missing."""
         path = Path(path)
-        if path.suffix != ".npz":
-            path = path.with_name(path.name + ".npz")
+        return path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
+
+    def save(self, path: str | Path) -> Path:
+        """Write to a compressed .npz (``.npz`` appended if missing; missing parent folders
+        are created); return the path written."""
+        path = self.npz_path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(
             path,
@@ -157,19 +166,52 @@ class Trajectories:
 
     @classmethod
     def load(cls, path: str | Path) -> Trajectories:
-        """Read a file written by :meth:`save` (exact round trip)."""
+        """Read a file written by :meth:`save` (exact round trip).
+
+        Raises:
+            FileNotFoundError: no such file.
+            ValueError: "<path>: not a shapedsde trajectories file (<reason>)" for anything
+                else (another format, an empty or truncated file, another .npz, a broken
+                config, inconsistent arrays such as non-increasing times), or an unsupported
+                format_version.
+        """
         path = Path(path)
         if not path.exists() and path.suffix != ".npz":
             path = path.with_name(path.name + ".npz")
-        with np.load(path, allow_pickle=False) as data:
-            version = int(data["format_version"])
-            if version != FORMAT_VERSION:
-                raise ValueError(
-                    f"{path}: format_version {version} is not supported (expected {FORMAT_VERSION})"
-                )
-            arrays = {name: data[name] for name in _ARRAY_FIELDS}
-            config = json.loads(str(data["config_json"]))
-        return cls(**arrays, config=config)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such file")
+
+        def invalid(reason: str) -> ValueError:
+            return ValueError(f"{path}: not a shapedsde trajectories file ({reason})")
+
+        try:
+            data = np.load(path, allow_pickle=False)
+        except EOFError:
+            raise invalid("empty file") from None
+        except ValueError:  # NumPy's guess for anything that is neither .npy nor .npz
+            raise invalid("not an .npz archive") from None
+        except (OSError, zipfile.BadZipFile) as err:
+            raise invalid(f"not a readable .npz archive: {err}") from None
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise invalid("a single .npy array, not an .npz archive")
+        with data:
+            missing = [k for k in (*_ARRAY_FIELDS, "config_json", "format_version")
+                       if k not in data.files]
+            if missing:
+                raise invalid(f"missing {', '.join(missing)}")
+            try:
+                version = int(data["format_version"])
+                arrays = {name: data[name] for name in _ARRAY_FIELDS}
+                config = json.loads(str(data["config_json"]))  # JSONDecodeError: a ValueError
+            except (ValueError, OSError, TypeError, EOFError, zipfile.BadZipFile) as err:
+                raise invalid(f"unreadable entry: {err}") from None
+        if version != FORMAT_VERSION:
+            raise ValueError(f"{path}: format_version {version} is not supported (expected "
+                             f"{FORMAT_VERSION})")
+        try:
+            return cls(**arrays, config=config)
+        except ValueError as err:
+            raise invalid(str(err)) from None
 
     # --- display -----------------------------------------------------------------------------
 

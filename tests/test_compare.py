@@ -165,3 +165,30 @@ def test_str_table(same):
         assert piece in text
     assert f"min p = {same.min_pvalue():.3g}" in lines[-1]
     assert len({len(line) for line in lines[2:-1] if "constant" not in line}) == 1  # fixed width
+
+
+# -- issue 16: arguments are checked by name ------------------------------------------------
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(quantiles=[]), ValueError, "quantiles must hold at least one level"),
+        (dict(quantiles=[0.5, 1.5]), ValueError, r"quantiles must lie in \[0, 1\]"),
+        (dict(quantiles=0.5), TypeError, "quantiles must be a sequence"),
+        (dict(labels=("x",)), TypeError, "labels must be a pair of strings"),
+        (dict(labels="ab"), TypeError, "labels must be a pair of strings"),
+        (dict(times=0.5), TypeError, "times must be an iterable"),
+        (dict(include_exploded="yes"), TypeError, "include_exploded must be a bool"),
+        (dict(degenerate_rtol=-1.0), ValueError, "degenerate_rtol"),
+    ],
+)
+def test_bad_arguments_named(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        compare(wishart_paths(0), wishart_paths(1), **kwargs)
+
+
+def test_plain_arrays_rejected():
+    a = wishart_paths(0)
+    with pytest.raises(TypeError, match="b must be a Trajectories"):
+        compare(a, a.V)
+    with pytest.raises(TypeError, match="a must be a Trajectories"):
+        compare(a.V, a)

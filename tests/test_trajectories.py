@@ -140,3 +140,48 @@ def test_summary_and_repr():
     r = repr(tr)
     assert r.startswith("Trajectories(") and "samples=6" in r and "exploded=2" in r
     assert len(r) < 120 and "[" not in r  # no arrays printed
+
+
+# -- issue 16: every malformed file gives one clear error -----------------------------------
+def _malformed(tmp_path, case: str):
+    good = make().save(tmp_path / "good.npz")
+    path = tmp_path / f"{case}.npz"
+    if case == "png":
+        path.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(200))
+    elif case == "empty":
+        path.write_bytes(b"")
+    elif case == "truncated":
+        path.write_bytes(good.read_bytes()[:300])
+    elif case == "other_npz":  # e.g. a figure's own data file
+        np.savez(path, tau0=np.ones(3), config_json=np.array("{}"))
+    elif case == "npy":
+        path = tmp_path / "array.npy"
+        np.save(path, np.ones(3))
+    else:
+        with np.load(good) as data:
+            arrays = dict(data)
+        if case == "broken_json":
+            arrays["config_json"] = np.array("{broken")
+        elif case == "reversed_times":
+            arrays["t"] = arrays["t"][::-1].copy()
+        np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize("case", ["png", "empty", "truncated", "other_npz", "npy",
+                                  "broken_json", "reversed_times"])
+def test_load_rejects_malformed_files(tmp_path, case):
+    path = _malformed(tmp_path, case)
+    with pytest.raises(ValueError, match="not a shapedsde trajectories file") as err:
+        Trajectories.load(path)
+    assert str(path) in str(err.value)
+
+
+def test_load_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        Trajectories.load(tmp_path / "nothing.npz")
+
+
+def test_times_must_increase():
+    with pytest.raises(ValueError, match="strictly increasing"):
+        dataclasses.replace(make(), t=np.linspace(1.0, 0.0, 5))
