@@ -3,7 +3,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 LINT_DIRS := $(wildcard shapedsde tests benchmarks experiments)
 
-.PHONY: install demo figures test test-fast lint clean
+.PHONY: install demo demo-figure figures test test-fast lint clean
 
 install: $(INSTALLED)
 
@@ -13,8 +13,13 @@ $(INSTALLED): pyproject.toml
 	$(VENV)/bin/pip install -q -e '.[test]'
 	touch $@
 
+# the SDE-vs-network comparison; its figure goes to results/ (ignored by git)
 demo: $(INSTALLED)
-	$(VENV)/bin/shapedsde compare --out figures/demo.png
+	$(VENV)/bin/shapedsde compare --no-progress --out results/demo.png
+
+# the same run, writing the README's figure (tracked): rerun after a change of the simulators
+demo-figure: $(INSTALLED)
+	$(VENV)/bin/shapedsde compare --no-progress --out figures/demo.png
 
 # paper figures (experiments/*.py) into figures/; e.g. make figures FIGURE_ARGS="--quick"
 figures: $(INSTALLED)

@@ -9,8 +9,10 @@ traceback instead.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import importlib.util
+import inspect
 import math
 import os
 import sys
@@ -19,28 +21,94 @@ from fractions import Fraction
 from pathlib import Path
 from types import ModuleType
 
+from . import __version__
+from ._batching import key_record
 from .blocks import Block, ShapedAttention, ShapedMLP, ShapedTransformerBlock
 from .defaults import default_covariance
-from .validation import check_int, check_real, check_width
+from .trajectories import Trajectories
+from .validation import (
+    check_figure_path,
+    check_int,
+    check_output_file,
+    check_output_folder,
+    check_path_range,
+    check_real,
+    check_result_size,
+    check_width,
+)
 
 PROG = "shapedsde"
 BLOCKS = ("attention", "mlp", "transformer")
+MODEL_DEFAULTS = {"gamma": 0.5, "tau0": 1.0, "heads": "1", "c_plus": 0.0, "c_minus": -1.0,
+                  "causal": False}
+"""Defaults of the model options (parsed as None, so that an option given for a block it
+does not apply to can be told apart from its default)."""
+APPLIES = {"attention": ("gamma", "tau0", "heads", "causal"),
+           "mlp": ("gamma", "c_plus", "c_minus"),
+           "transformer": tuple(MODEL_DEFAULTS)}
+"""The model options each block uses."""
+DEFAULT_SDE_OUT = Path("results/sde.npz")
+DEFAULT_FIGURE = Path("results/demo.png")
+"""Default outputs: their folder (results/, ignored by git) is created if missing; the folder
+of any other --out must exist."""
+DT_FIXED_DEFAULT = "1/256"
+
+
+def model_option(args: argparse.Namespace, name: str) -> object:
+    """The value of model option ``name``: as given, else its default."""
+    value = getattr(args, name)
+    return MODEL_DEFAULTS[name] if value is None else value
+
+
+def ignored_options(args: argparse.Namespace) -> list[str]:
+    """The model options given on the command line that the chosen block does not use."""
+    return ["--" + name.replace("_", "-") for name in MODEL_DEFAULTS
+            if getattr(args, name) is not None and name not in APPLIES[args.block]]
 
 
 def build_block(args: argparse.Namespace) -> Block:
     """The block named by ``--block``, configured from the parsed options (the one place that
-    maps options to blocks: a new block adds its choice to BLOCKS and a branch here)."""
-    heads = math.inf if args.heads == "inf" else int(args.heads)
-    attention = ShapedAttention(tau0=args.tau0, gamma=args.gamma, heads=heads,
-                                causal=args.causal)
-    mlp = ShapedMLP(gamma=args.gamma, c_plus=args.c_plus, c_minus=args.c_minus)
-    if args.block == "attention":
-        return attention
-    if args.block == "mlp":
-        return mlp
+    maps options to blocks: a new block adds its choice to BLOCKS, APPLIES and a branch
+    here)."""
+    opt = lambda name: model_option(args, name)  # noqa: E731
+    heads = math.inf if opt("heads") == "inf" else int(opt("heads"))
+    if args.block not in BLOCKS:
+        raise ValueError(f"block must be one of {BLOCKS}, got {args.block!r}")
+    attention = mlp = None
+    if args.block in ("attention", "transformer"):
+        attention = ShapedAttention(tau0=opt("tau0"), gamma=opt("gamma"), heads=heads,
+                                    causal=opt("causal"))
+    if args.block in ("mlp", "transformer"):
+        mlp = ShapedMLP(gamma=opt("gamma"), c_plus=opt("c_plus"), c_minus=opt("c_minus"))
     if args.block == "transformer":
         return ShapedTransformerBlock(attention, mlp)
-    raise ValueError(f"block must be one of {BLOCKS}, got {args.block!r}")
+    return attention if attention is not None else mlp
+
+
+def block_description(block: Block) -> str:
+    """The block's class and the parameters it actually uses, e.g. 'ShapedMLP(gamma=0.5,
+    c_plus=0, c_minus=-1)' (sub-blocks of a Transformer block nested)."""
+    def fmt(config: dict[str, object]) -> str:
+        parts = []
+        for k, v in config.items():
+            if k == "kind" or v is None:
+                continue
+            parts.append(fmt(v) if isinstance(v, dict) else
+                         f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}")
+        return f"{config['kind']}({', '.join(parts)})"
+    return fmt(block.config())
+
+
+def auto_step_available() -> bool:
+    """Whether ``solve_sde`` chooses its step itself (``dt=None`` is its default)."""
+    from .sde import solve_sde
+
+    return inspect.signature(solve_sde).parameters["dt"].default is None
+
+
+def _step(text: str) -> float | str:
+    """'auto' (the solver chooses the step with error control) or a real such as 1/256."""
+    return "auto" if text == "auto" else _real(text)
 
 
 def _heads(text: str) -> str:
@@ -76,23 +144,29 @@ def _real(text: str) -> float:
 
 def _common_options() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
-    model = p.add_argument_group("model")
+    model = p.add_argument_group("model", "options that do not apply to the chosen block are "
+                                          "ignored with a warning")
     model.add_argument("--block", choices=BLOCKS, default="attention",
                        help="residual block: shaped attention, shaped MLP, or both in turn "
                             "(the Transformer block); gamma applies to each sub-block")
     model.add_argument("--tokens", type=int, default=4,
                        help="number of tokens m; V0 = default_covariance(m), V0_ab = 0.8^|a-b|")
-    model.add_argument("--gamma", type=_real, default=0.5,
-                       help="branch weight, 0 < gamma <= 1 (X' = lambda X + gamma branch)")
-    model.add_argument("--tau0", type=_real, default=1.0,
-                       help="attention temperature, tau = tau0 sqrt(width), tau0 > 0")
-    model.add_argument("--heads", type=_heads, default="1",
-                       help="attention heads, or 'inf' (SDE only)")
-    model.add_argument("--c-plus", type=_real, default=0.0,
-                       help="shaped ReLU slope shift c_+ (MLP: s_+ = 1 + c_+ / sqrt(n))")
-    model.add_argument("--c-minus", type=_real, default=-1.0,
-                       help="shaped ReLU slope shift c_- (MLP: s_- = 1 + c_- / sqrt(n))")
-    model.add_argument("--causal", action="store_true", help="causal attention mask")
+    model.add_argument("--gamma", type=_real,
+                       help="branch weight, 0 < gamma <= 1 (X' = lambda X + gamma branch) "
+                            "(default: 0.5)")
+    model.add_argument("--tau0", type=_real,
+                       help="attention temperature, tau = tau0 sqrt(width), tau0 > 0 "
+                            "(default: 1)")
+    model.add_argument("--heads", type=_heads,
+                       help="attention heads, or 'inf' (SDE only) (default: 1)")
+    model.add_argument("--c-plus", type=_real,
+                       help="shaped ReLU slope shift c_+ (MLP: s_+ = 1 + c_+ / sqrt(n)) "
+                            "(default: 0)")
+    model.add_argument("--c-minus", type=_real,
+                       help="shaped ReLU slope shift c_- (MLP: s_- = 1 + c_- / sqrt(n)) "
+                            "(default: -1)")
+    model.add_argument("--causal", action="store_true", default=None,
+                       help="causal attention mask")
     model.add_argument("--normalize", choices=("none", "rms"), default="rms",
                        help="'rms': rescale tokens after every block (V is a correlation)")
     run = p.add_argument_group("simulation")
@@ -100,8 +174,11 @@ def _common_options() -> argparse.ArgumentParser:
     run.add_argument("--paths", type=int, default=2000,
                      help="number of SDE paths (and of network samples)")
     run.add_argument("--seed", type=int, default=0, help="random seed")
-    run.add_argument("--dt", type=_real, default=1 / 256,
-                     help="largest SDE Euler step; fractions such as 1/256 are accepted")
+    auto = auto_step_available()
+    run.add_argument("--dt", type=_step, default="auto" if auto else _real(DT_FIXED_DEFAULT),
+                     help="largest SDE Euler step; fractions such as 1/256 are accepted"
+                          + ("; 'auto': the solver chooses the step with error control"
+                             if auto else ""))
     run.add_argument("--n-save", type=int, default=17,
                      help="number of evenly spaced saved times, including 0 and T")
     run.add_argument("--dtype", choices=("float32", "float64"), default="float32",
@@ -117,13 +194,16 @@ def make_parser() -> argparse.ArgumentParser:
         description="Covariance SDEs of shaped Transformers and the finite networks they "
                     "describe. Options go after the subcommand, e.g. "
                     "'shapedsde compare --width 64 --gamma 0.3'.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     common = [_common_options()]
     sim = sub.add_parser("simulate", parents=common, formatter_class=fmt,
                          help="solve the covariance SDE and save the paths",
                          description="Solve the covariance SDE from V0 to time T and save "
                                      "the paths (Trajectories .npz).")
-    sim.add_argument("--out", type=Path, default=Path("results/sde.npz"), help="output .npz")
+    sim.add_argument("--out", type=Path, default=DEFAULT_SDE_OUT,
+                     help="output .npz (.npz appended if missing); its folder must exist, "
+                          "except the default results/, which is created")
     cmp_ = sub.add_parser("compare", parents=common, formatter_class=fmt,
                           help="compare the SDE with the finite network and plot both",
                           description="Solve the SDE and simulate the network of width n and "
@@ -132,9 +212,12 @@ def make_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--width", type=int, default=128, help="network width n")
     cmp_.add_argument("--method", choices=("auto", "full", "reduced"), default="auto",
                       help="network simulator: full n x n weights, or the exact reduced one")
-    cmp_.add_argument("--out", type=Path, default=Path("figures/demo.png"), help="figure (PNG)")
+    cmp_.add_argument("--out", type=Path, default=DEFAULT_FIGURE,
+                      help="figure (PNG, or another format matplotlib writes); its folder must "
+                           "exist, except the default results/, which is created")
     cmp_.add_argument("--save-data", type=Path, default=None, metavar="DIR",
-                      help="also save sde.npz and network.npz in DIR")
+                      help="also save sde.npz and network.npz in DIR (created if missing; its "
+                           "parent folder must exist)")
     figs = sub.add_parser("figures", formatter_class=fmt,
                           help="make the paper figures (the scripts in experiments/)",
                           description="Run the figure scripts of the repository's experiments/ "
@@ -158,14 +241,66 @@ def coinciding_n_save(depth: int, n_save: int) -> int:
 
 def _check_run_options(args: argparse.Namespace) -> None:
     check_real("T", args.T, low=0.0)
-    check_real("dt", args.dt, low=0.0)
+    if args.dt == "auto":
+        if not auto_step_available():
+            raise ValueError("dt: 'auto' needs a solver that chooses its step; give a step "
+                             f"such as {DT_FIXED_DEFAULT}")
+    else:
+        check_real("dt", args.dt, low=0.0)
     check_int("paths", args.paths, low=1)
+    check_path_range(0, args.paths, n_name="--paths")
     check_int("n-save", args.n_save, low=2)
 
 
+def _check_result_size(args: argparse.Namespace, m: int, n_save: int, copies: int) -> None:
+    check_result_size(args.paths, n_save, m, args.dtype, copies=copies,
+                      names=("--paths", "--n-save"),
+                      split="split the run with the Python API (first_path / first_sample)")
+
+
+def _warn_ignored(args: argparse.Namespace) -> None:
+    ignored = ignored_options(args)
+    if ignored:
+        print(f"{PROG}: warning: {', '.join(ignored)} do{'es' if len(ignored) == 1 else ''} "
+              f"not apply to --block {args.block}; ignored", file=sys.stderr)
+
+
+def _dt_text(args: argparse.Namespace) -> str:
+    return "auto" if args.dt == "auto" else f"{args.dt:g}"
+
+
+def _configuration(block: Block, args: argparse.Namespace, **run: object) -> str:
+    """One line with the configuration actually used (block parameters that apply, run
+    options, seed)."""
+    items = " ".join(f"{k}={v}" for k, v in run.items())
+    return (f"{block_description(block)} tokens={args.tokens} normalize={args.normalize} | "
+            f"{items} dtype={args.dtype} seed={args.seed}")
+
+
+def _step_report(sde: Trajectories, args: argparse.Namespace) -> str:
+    """The SDE step actually used (from the result), with its error estimate if the solver
+    gives one, and a note when it differs from the requested --dt."""
+    step = float(sde.config["dt"])
+    text = f"SDE step: dt = {step:.6g} ({1 / step:.6g} steps per unit time)"
+    if sde.config.get("step_error") is not None:
+        text += f", estimated step error {sde.config['step_error']:.3g}"
+    if args.dt != "auto" and not math.isclose(step, args.dt, rel_tol=1e-9):
+        text += (f"\nnote: the step differs from the requested dt = {args.dt:g}: the "
+                 f"{sde.n_times} save times must lie on the step grid (step <= the requested "
+                 "dt and the save interval)")
+    return text
+
+
+def _with_seed(traj: Trajectories, seed: int, key: object) -> Trajectories:
+    """The result with the CLI's seed and the key it drew from recorded in its config."""
+    return dataclasses.replace(traj, config={**traj.config, "seed": seed,
+                                             "key": key_record(key)})
+
+
 def _sde_kwargs(args: argparse.Namespace) -> dict[str, object]:
-    return dict(dt=args.dt, n_paths=args.paths, normalize=None if args.normalize == "none"
-                else "rms", dtype=args.dtype, progress=not args.no_progress)
+    return dict(dt=None if args.dt == "auto" else args.dt, n_paths=args.paths,
+                normalize=None if args.normalize == "none" else "rms", dtype=args.dtype,
+                progress=not args.no_progress)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -176,9 +311,16 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     block = build_block(args)
     V0 = default_covariance(args.tokens)
     _check_run_options(args)
-    sde = solve_sde(block, V0, args.T, key=jax.random.key(args.seed), n_save=args.n_save,
-                    **_sde_kwargs(args))
-    path = sde.save(args.out)
+    _check_result_size(args, V0.shape[0], args.n_save, copies=1)
+    out = check_output_file(Trajectories.npz_path(args.out), "--out",
+                            create_folder=args.out == DEFAULT_SDE_OUT)
+    _warn_ignored(args)
+    print(_configuration(block, args, T=f"{args.T:g}", paths=args.paths, dt=_dt_text(args),
+                         n_save=args.n_save), flush=True)
+    key = jax.random.key(args.seed)
+    sde = solve_sde(block, V0, args.T, key=key, n_save=args.n_save, **_sde_kwargs(args))
+    print(_step_report(sde, args))
+    path = _with_seed(sde, args.seed, key).save(out)
     print(sde.summary())
     print(f"wrote {path}")
     return 0
@@ -203,12 +345,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
                          "increase T or width")
     T = depth / width
     n_save = coinciding_n_save(depth, args.n_save)
+    _check_result_size(args, V0.shape[0], n_save, copies=2)  # SDE and network
+    figure = check_figure_path(args.out, "--out", create_folder=args.out == DEFAULT_FIGURE)
+    if args.save_data is not None:
+        existing = args.save_data if args.save_data.exists() else args.save_data.parent
+        check_output_folder(existing, "--save-data")
     kw = _sde_kwargs(args)
-    print(f"{type(block).__name__}: tokens={args.tokens} gamma={args.gamma:g} "
-          f"tau0={args.tau0:g} heads={args.heads} causal={args.causal} "
-          f"normalize={args.normalize} | T={T:g} width={width} depth={depth} "
-          f"paths={args.paths} dt={args.dt:g} n_save={n_save} method={args.method} "
-          f"dtype={args.dtype} seed={args.seed}")
+    _warn_ignored(args)
+    print(_configuration(block, args, T=f"{T:g}", width=width, depth=depth, paths=args.paths,
+                         dt=_dt_text(args), n_save=n_save, method=args.method), flush=True)
     if not math.isclose(T, args.T, rel_tol=1e-12):
         print(f"note: T = {args.T:g} is not a multiple of 1/width; using T = depth / width "
               f"= {T:g}")
@@ -220,6 +365,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     sde = solve_sde(block, V0, T, key=key, n_save=n_save, **kw)
     t1 = time.perf_counter()
+    print(_step_report(sde, args), flush=True)
     net = simulate_network(block, V0, width=width, depth=depth, n_samples=args.paths,
                            key=jax.random.fold_in(key, 1), n_save=n_save,
                            normalize=kw["normalize"], method=args.method, dtype=args.dtype,
@@ -229,11 +375,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     print(f"wall time: SDE {t1 - t0:.1f} s, network ({net.config['method']}) {t2 - t1:.1f} s")
     print(compare(sde, net, labels=("SDE", "network")).final())
     if args.save_data is not None:
-        for name, traj in (("sde", sde), ("network", net)):
-            print(f"wrote {traj.save(args.save_data / f'{name}.npz')}")
-    title = (f"{type(block).__name__}, {args.tokens} tokens, gamma={args.gamma:g}, "
-             f"tau0={args.tau0:g}, normalize={args.normalize}")
-    fig = plot_correlation_bands({"SDE": sde, f"network (width {width})": net}, args.out,
+        for name, traj, k in (("sde", sde, key), ("network", net, jax.random.fold_in(key, 1))):
+            print(f"wrote {_with_seed(traj, args.seed, k).save(args.save_data / f'{name}.npz')}")
+    title = f"{block_description(block)}, {args.tokens} tokens, normalize={args.normalize}"
+    fig = plot_correlation_bands({"SDE": sde, f"network (width {width})": net}, figure,
                                  title=title)
     print(f"wrote {fig}")
     return 0
