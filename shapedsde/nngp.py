@@ -28,7 +28,7 @@ from jax import Array
 
 from ._batching import run_chunked
 from ._precision import resolve_dtype
-from .blocks.base import Block
+from .blocks.base import Block, traced_parameters
 from .network import save_layers
 from .normalize import rms
 from .trajectories import Trajectories
@@ -66,8 +66,9 @@ def nngp_layer(block: Block, V: object, normalize: str | None = None, *,
     the deterministic NNGP kernel map V -> V' of ``block``, shape (m, m).
 
     Standard attention: V' = lambda^2 V + gamma^2 E_S[A V A^T], the expectation by a fixed
-    quasi-Monte Carlo rule (2^16 scrambled Sobol points; max entry error about 5e-5 at m = 3
-    and 1e-4 at m = 8 against 10^7-sample Monte Carlo). Standard MLP: the arc-cosine kernel in
+    quasi-Monte Carlo rule (2^16 scrambled Sobol points; max entry error of E[A V A^T] about
+    4e-5 at m = 3 and 1.3e-4 at m = 8 against 10^7-sample Monte Carlo; 20-40 ms per layer on
+    2 CPU cores). Standard MLP: the arc-cosine kernel in
     closed form. Shaped blocks: the identity. With ``normalize="rms"`` V is first mapped to its
     correlation matrix and V' is the correlation after each sub-block.
 
@@ -89,7 +90,7 @@ def _checked_kernel(block: object, V0: object, name: str, depth: object, normali
     depth = check_int("depth", depth, low=1)
     normalize = check_normalize(normalize)
     V0 = _start(V0, name, normalize, dtype)
-    return np.asarray(_kernel(block, V0, depth, normalize))
+    return np.asarray(_kernel(traced_parameters(block, V0.dtype), V0, depth, normalize))
 
 
 @eqx.filter_jit
@@ -148,7 +149,8 @@ def simulate_infinite_width(block: Block, V0: object, *, depth: int, n_samples: 
         layers = save_layers(depth, check_int("n_save", n_save, low=2))
     V0 = _start(V0, "V0", normalize, dtype)
     saved = tuple(int(i) for i in layers)
-    (V,) = run_chunked(lambda keys: _random_recursion(block, keys, V0, depth, saved, normalize),
+    traced = traced_parameters(block, V0.dtype)  # one compilation for every gamma
+    (V,) = run_chunked(lambda keys: _random_recursion(traced, keys, V0, depth, saved, normalize),
                        key, n_samples, chunk_size, progress=progress,
                        desc="infinite-width layers")
     return Trajectories(
