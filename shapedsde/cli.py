@@ -282,8 +282,13 @@ def _step_report(sde: Trajectories, args: argparse.Namespace) -> str:
     gives one, and a note when it differs from the requested --dt."""
     step = float(sde.config["dt"])
     text = f"SDE step: dt = {step:.6g} ({1 / step:.6g} steps per unit time)"
-    if sde.config.get("step_error") is not None:
-        text += f", estimated step error {sde.config['step_error']:.3g}"
+    error = sde.config.get("step_error")
+    if isinstance(error, dict) and error.get("rho") is not None:  # shapedsde.step_error
+        text += f", estimated step error on rho <= {error['rho']:.2g}"
+        if error.get("crossing") is not None:
+            text += f", on the blow-up fraction {error['crossing']:.2g}"
+    elif isinstance(error, (int, float)):
+        text += f", estimated step error {error:.2g}"
     if args.dt != "auto" and not math.isclose(step, args.dt, rel_tol=1e-9):
         text += (f"\nnote: the step differs from the requested dt = {args.dt:g}: the "
                  f"{sde.n_times} save times must lie on the step grid (step <= the requested "
