@@ -15,5 +15,6 @@ FIGURES = (
     "hyperparameters",
     "blow_up",
     "heads",
+    "limits",
 )
 """The figure scripts in paper order (``experiments/<name>.py``)."""

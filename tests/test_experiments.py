@@ -14,7 +14,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 QUICK = ["--quick", "--no-progress"]
 # run order: the first three share their compiled SDE and networks
 ORDER = ["sde_vs_network_density", "convergence", "heads", "rank_collapse",
-         "sde_vs_network_bands", "transformer_block", "hyperparameters", "blow_up"]
+         "sde_vs_network_bands", "transformer_block", "hyperparameters", "blow_up", "limits"]
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +69,17 @@ def test_rank_collapse_standard_collapses_shaped_does_not(quick_run):
     assert data["shaped_rank_mean"][-1] > 1.2
     assert results["standard_collapse_depth"] is not None
     assert results["shaped_collapse_depth"] is None
+
+
+@pytest.mark.slow
+def test_limits_fixed_depth_and_heads_spreads_fall_like_one_over_sqrt(quick_run):
+    _, results = quick_run("limits")
+    # quick run: slopes -0.51 (shaped, fixed depth 4, n = 16-64, 256 networks) and -0.50
+    # (standard attention at n = infinity, H = 1, 4, 512 samples)
+    assert -0.7 < results["fixed_sd_slope"] < -0.3
+    assert -0.7 < results["heads_sd_slope"] < -0.3
+    assert results["nngp_shaped"] == pytest.approx(0.5, abs=1e-5)  # the identity map
+    assert results["single_head"]["skewness"] < -0.5  # one head: not Gaussian
 
 
 @pytest.mark.slow
