@@ -10,7 +10,9 @@ Against depth l: the mean off-diagonal correlation mean_{a != b} rho_ab(V_l) and
 rank tr(V_l) / ||V_l||_2 in [1, m] (mean over networks, with 5-95% bands). Standard attention
 averages tokens with O(1) weights at every layer, so rho -> 1 and the stable rank -> 1 within
 a few layers; the shaped softmax is centred at the identity and its logits are cooled with
-the width, so correlations move only O(1) over depth n.
+the width, so correlations move only O(1) over depth n. The dashed line is standard
+attention's NNGP kernel (width and heads infinite at fixed depth, ``sd.nngp_kernel``): the
+deterministic recursion V' = lambda^2 V + gamma^2 E[A V A^T], which collapses as well.
 """
 
 from __future__ import annotations
@@ -71,6 +73,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             progress=opts.progress)
         data["depth"] = np.round(traj.t * cfg["width"]).astype(int)
         data.update({f"{label}_{k}": v for k, v in summarise(traj).items()})
+    kernel = sd.nngp_kernel(C.block_from_config(cfg["blocks"]["standard"]), V0, cfg["depth"],
+                            C.normalize_arg(cfg["normalize"]))[data["depth"]]
+    data["nngp_corr"] = offdiag_mean(sd.correlation(kernel))
+    data["nngp_rank"] = sd.stable_rank(kernel)
 
     depth = data["depth"]
     results: dict[str, Any] = {}
@@ -80,6 +86,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         results[f"{label}_corr_last"] = float(corr[-1])
         results[f"{label}_rank_last"] = float(data[f"{label}_rank_mean"][-1])
         results[f"{label}_collapse_depth"] = int(depth[above[0]]) if above.size else None
+    above = np.nonzero(data["nngp_corr"] > COLLAPSE)[0]
+    results["nngp_corr_last"] = float(data["nngp_corr"][-1])
+    results["nngp_collapse_depth"] = int(depth[above[0]]) if above.size else None
 
     with C.style():
         fig, axes = C.subplots(1, 2, (4.6, 3.4))
@@ -90,6 +99,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 q = data[f"{label}_{what}_q"]
                 ax.fill_between(depth, q[0], q[2], color=colour, alpha=0.15, linewidth=0)
                 ax.plot(depth, data[f"{label}_{what}_mean"], color=colour, label=name)
+        for ax, what in zip(axes[0], ("corr", "rank"), strict=True):
+            ax.plot(depth, data[f"nngp_{what}"], color="black", ls="--", lw=1.0,
+                    label="standard attention, NNGP kernel (n = H = infinity)")
         ax_c, ax_r = axes[0]
         ax_c.axhline(COLLAPSE, color="grey", lw=0.8, ls=":")
         ax_c.set_ylabel("mean off-diagonal correlation")
@@ -101,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             ax.set_xlim(0, depth[-1])
             ax.set_xlabel("depth (layers)")
         handles, labels = ax_c.get_legend_handles_labels()
-        fig.legend(handles, labels, loc="outside lower center", ncols=2,
+        fig.legend(handles, labels, loc="outside lower center", ncols=3,
                    title="mean over networks (line) and 5-95% band over networks")
         fig.suptitle(f"Rank collapse with depth: {C.v0_text(cfg['tokens'], cfg['rho0'])}, "
                      f"width {cfg['width']},\nRMS-normalised, {cfg['n_samples']} networks each")
@@ -109,6 +121,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                    f"{results[f'{label}_corr_last']:.3f}, stable rank "
                    f"{results[f'{label}_rank_last']:.2f}, first depth above {COLLAPSE}: "
                    f"{results[f'{label}_collapse_depth']}" for label in cfg["blocks"]]
+        summary.append(f"standard NNGP kernel: mean correlation at depth {depth[-1]} = "
+                       f"{results['nngp_corr_last']:.3f}, first depth above {COLLAPSE}: "
+                       f"{results['nngp_collapse_depth']}")
         return C.finish(opts, fig, cfg, data, results, summary)
 
 
