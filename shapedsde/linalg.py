@@ -88,25 +88,55 @@ _UNROLLED_CHOLESKY_MAX = 8
 
 
 def cholesky(V: Array) -> tuple[Array, Array]:
-    """Lower Cholesky factor of the last two axes and whether it exists (every pivot finite and
-    > 0), shape ``V.shape[:-2]``. Where V is not positive definite the factor holds inf or NaN
-    and must not be used. Only the lower triangle of V is read.
+    """``semidefinite_cholesky`` without the rank-deficiency flag."""
+    L, ok, _ = semidefinite_cholesky(V)
+    return L, ok
+
+
+def semidefinite_cholesky(V: Array) -> tuple[Array, Array, Array]:
+    """Lower Cholesky factor of the last two axes of a positive *semi*-definite V, whether it
+    is trustworthy (``ok``) and whether a singular direction was dropped (``deficient``), both
+    of shape ``V.shape[:-2]``. Only the lower triangle of V is read.
+
+    Rank deficiency is tolerated: a pivot below the rounding level of its column,
+    ``tol_j = 2 m eps V_jj``, is an exactly singular direction, and its column of L is set to zero
+    (for PSD V the rest of that column is then below rounding level too, |A_ij|^2 <= A_jj A_ii).
+    So L L^T = V up to O(m eps) relative to the diagonal, also for the nearly rank-deficient
+    correlation matrices of collapsed tokens, where a plain factorisation divides rounding
+    noise by the root of a tiny pivot and returns huge or infinite entries (the cause of false
+    blow-ups under "rms" in float32). ``ok`` is False where V is outside the PSD cone beyond
+    rounding (a pivot below -tol_j, or a dropped column whose entries are too large to be
+    rounding) or not finite; there L must not be used.
 
     For m <= 8 the elimination is unrolled over columns in plain ``jnp``: batch-vectorised, it
     runs 2-5 times faster on CPU than a LAPACK call per matrix (m = 4, 8); from m = 10 on, LAPACK
-    is faster (measured 1.5x at m = 10, 3x at m = 16) and is used.
+    is faster (measured 1.5x at m = 10, 3x at m = 16) and is used, with ``ok`` also False where
+    L's rows are not consistent with diag V (a nearly singular V: the caller's ``eigh`` fallback
+    then takes over).
     """
     m = V.shape[-1]
+    eps = jnp.finfo(V.dtype).eps
+    diag = jnp.diagonal(V, axis1=-2, axis2=-1)
     if m > _UNROLLED_CHOLESKY_MAX:
         L = jnp.linalg.cholesky(V, symmetrize_input=False)
         d = jnp.diagonal(L, axis1=-2, axis2=-1)
-        return L, jnp.all((d > 0) & (d < jnp.inf), axis=-1)
+        rows = jnp.sum(L * L, axis=-1)
+        consistent = jnp.abs(rows - diag) <= 2 * m * eps * diag
+        ok = jnp.all((d > 0) & (d < jnp.inf) & consistent, axis=-1)
+        return L, ok, jnp.zeros_like(ok)
     A, cols = V, []
-    ok = jnp.ones(V.shape[:-2], bool)
+    ok = jnp.all(jnp.isfinite(diag), axis=-1)
+    deficient = jnp.zeros_like(ok)
     for j in range(m):  # A is the trailing (m - j) x (m - j) Schur complement
-        pivot = A[..., 0, 0]
-        ok = ok & (pivot > 0) & (pivot < jnp.inf)
-        c = A[..., :, 0] * jax.lax.rsqrt(pivot)[..., None]
+        pivot, column = A[..., 0, 0], A[..., :, 0]
+        tol = 2 * m * eps * diag[..., j]
+        singular = pivot <= tol
+        rounding = column[..., 1:] ** 2 <= tol[..., None] * jnp.abs(jnp.diagonal(
+            A[..., 1:, 1:], axis1=-2, axis2=-1)) + tol[..., None] ** 2
+        ok = ok & (pivot >= -tol) & (pivot < jnp.inf) & (~singular | jnp.all(rounding, -1))
+        deficient = deficient | singular
+        c = jnp.where(singular[..., None], 0.0,
+                      column * jax.lax.rsqrt(jnp.where(singular, 1.0, pivot))[..., None])
         cols.append(jnp.concatenate([jnp.zeros(c.shape[:-1] + (j,), c.dtype), c], -1))
         A = A[..., 1:, 1:] - c[..., 1:, None] * c[..., None, 1:]
-    return jnp.stack(cols, -1), ok
+    return jnp.stack(cols, -1), ok, deficient

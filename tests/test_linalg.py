@@ -36,3 +36,24 @@ def test_cholesky_and_mirror_read_the_lower_triangle_only(m: int) -> None:
     assert bool(ok[0])
     np.testing.assert_allclose(L[0], np.linalg.cholesky(V), rtol=1e-4, atol=1e-4)
     np.testing.assert_array_equal(mirror_lower(jnp.asarray(garbage)), V.astype(np.float32))
+
+
+@pytest.mark.parametrize("m", [2, 6, 8])
+def test_cholesky_tolerates_rank_deficient_correlation_matrices(m: int) -> None:
+    """Collapsed tokens give correlation matrices of rank < m. In float32 a plain factorisation
+    divides rounding noise by the root of a tiny pivot: huge or infinite entries, the cause of
+    the false blow-ups under "rms". The factor must stay finite with L L^T = V."""
+    rng = np.random.default_rng(m)
+    u = rng.standard_normal((m, 2))  # rank 2 (rank 1 for m = 2 after the last column is cut)
+    u = u[:, : min(2, m - 1)]
+    C = u @ u.T
+    C = C / np.sqrt(np.outer(np.diag(C), np.diag(C)))
+    batch = [C, np.ones((m, m)), C + 1e-7 * rng.standard_normal((m, m))]
+    V = jnp.asarray(np.stack(batch), jnp.float32)
+    L, ok = cholesky(V)
+    assert bool(jnp.all(ok)) and bool(jnp.all(jnp.isfinite(L)))
+    np.testing.assert_allclose(L @ jnp.swapaxes(L, 1, 2), mirror_lower(V), atol=2e-5)
+    # outside the cone beyond rounding: still refused
+    bad = np.ones((m, m)) - 1e-2 * np.eye(m)
+    bad[0, 1] = bad[1, 0] = 1.0 + 1e-2
+    assert not bool(cholesky(jnp.asarray(bad[None], jnp.float32))[1][0])

@@ -178,20 +178,36 @@ class ShapedAttention(_Attention):
         C = jax.vmap(jnp.diag)(M) - M[:, :, None] * M[:, None, :] / k[:, None, None]
         return C, k, M
 
-    def drift(self, V: Array) -> Array:
-        if self.causal:
-            return self.drift_masked(V)
-        # Closed form of drift_masked for the full mask, O(m^2). Sums are written as products
-        # (XLA on CPU runs small reductions slowly) and diag(H V H) comes from the means c.
+    def _full_drift_parts(self, V: Array) -> tuple[Array, Array, Array]:
+        """(a, beta, s) of the unmasked drift b = gamma^2 / tau0^2 [(a (V beta)^T + (V beta) a^T)
+        / (2m) + s V]: a = diag V, beta = diag(H V H) - tr(H V H) / m, s = ||H V H||_F^2 / m^2.
+        O(m^2); sums are written as products (XLA on CPU runs small reductions slowly) and
+        diag(H V H) comes from the means c."""
         m = V.shape[0]
         c = V @ jnp.full((m,), 1.0 / m, V.dtype)  # row means = column means (V symmetric)
         Vt = V - c[:, None] - c[None, :] + total(c) / m  # H V H
         a = jnp.diagonal(V)
         d = a - 2.0 * c  # diag(H V H) - mean(c)
-        beta = d - total(d) / m
+        return a, d - total(d) / m, total(Vt * Vt) / m**2
+
+    def drift(self, V: Array) -> Array:
+        if self.causal:
+            return self.drift_masked(V)
+        m = V.shape[0]
+        a, beta, s = self._full_drift_parts(V)
         Vb = V @ beta
         first = (jnp.outer(a, Vb) + jnp.outer(Vb, a)) / (2 * m)
-        return self.gamma**2 / self.tau0**2 * (first + total(Vt * Vt) * V / m**2)
+        return self.gamma**2 / self.tau0**2 * (first + s * V)
+
+    def drift_split(self, V: Array) -> tuple[Array, Array | None]:
+        """Without a mask the whole drift is a congruence direction: a (V beta)^T = (a beta^T) V,
+        so B = gamma^2 / tau0^2 (a beta^T / (2m) + s I / 2) and R = 0."""
+        if self.causal:
+            return super().drift_split(V)
+        m = V.shape[0]
+        a, beta, s = self._full_drift_parts(V)
+        B = jnp.outer(a, beta) / (2 * m) + 0.5 * s * jnp.eye(m, dtype=V.dtype)
+        return self.gamma**2 / self.tau0**2 * B, None
 
     def drift_masked(self, V: Array) -> Array:
         """The drift from the general per-row (masked) formula, O(m^4)."""
@@ -223,16 +239,26 @@ class ShapedAttention(_Attention):
     def noise(self, V: Array, L: Array, dW: Array, LT: Array | None = None) -> Array:
         """Without a mask both terms are congruences by L: with K = L^T H L = (H L)^T (H L),
         Y = L dW_2 L^T H V / m = L dW_2 K L^T / m, so the noise is L (G + G^T) L^T with
-        G = c_1 dW_1 + c_2 dW_2 K / m: three m x m products instead of five."""
+        G = c_1 dW_1 + c_2 dW_2 K / m (``noise_factor``): three m x m products instead of five."""
         if self.causal:
             return super().noise(V, L, dW, LT)
+        G = self.noise_factor(V, L, dW)[0]
+        return matmul(matmul(L, G + G.T), L.T if LT is None else LT)
+
+    def noise_factor(self, V: Array, L: Array, dW: Array) -> tuple[Array, Array] | None:
+        """G = c_1 dW_1 + c_2 dW_2 K / m (see ``noise``) and kappa = c_1^2 m + c_2^2 ||K||_F^2 /
+        m^2 (E[dW_i A A^T dW_i^T] = tr(A A^T) dt I); None with a causal mask."""
+        if self.causal:
+            return None
+        m = V.shape[0]
         G = self._lin_scale * dW[0]
+        kappa = self._lin_scale**2 * m
         if self.heads != math.inf:
-            m = V.shape[0]
             HL = _centre_columns(L)
             K = fused_matmul(HL.T, HL)  # m rank-one updates, no transposed product
             G = G + self._attention_scale / m * matmul(dW[1], K)
-        return matmul(matmul(L, G + G.T), L.T if LT is None else LT)
+            kappa = kappa + (self._attention_scale / m) ** 2 * total(K * K)
+        return G, kappa
 
     @property
     def _lin_scale(self) -> Scalar:

@@ -68,6 +68,22 @@ class Block(eqx.Module):
         (``LT``: L^T if the caller stores it, see ``linalg.congruence``)."""
         return self.noise_from(V, congruence(L, dW, LT))
 
+    def drift_split(self, V: Array) -> tuple[Array, Array | None]:
+        """(B, R) with drift(V) = B V + V B^T + R, B of shape (m, m); R is None where it is zero.
+
+        The part B V + V B^T is a congruence direction: the congruence solver applies it as
+        (I + B dt) V (I + B dt)^T, which cannot leave the PSD cone. Default: B = 0, R = drift."""
+        return jnp.zeros_like(V), self.drift(V)
+
+    def noise_factor(self, V: Array, L: Array, dW: Array) -> tuple[Array, Array] | None:
+        """(G, kappa) with noise(V, L, dW) = L (G + G^T) L^T and E[G G^T] = kappa dt I, or
+        None if the noise has no such form (then the congruence solver is not available).
+
+        With it a step can be written as V + noise = L (I + G)(I + G)^T L^T - L G G^T L^T: the
+        congruence solver keeps the first product (PSD by construction) and replaces the
+        second by its mean kappa dt V, which changes the law of a step only at O(dt^2)."""
+        return None
+
     @abc.abstractmethod
     def noise_from(self, V: Array, N: Array) -> Array:
         """The noise increment as a function of N_i = L dW_i L^T, shape (n_noise, m, m)."""

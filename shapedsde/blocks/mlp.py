@@ -111,3 +111,7 @@ class ShapedMLP(Block):
 
     def noise_from(self, V: Array, N: Array) -> Array:
         return self.gamma * (N[0] + N[0].T)
+
+    def noise_factor(self, V: Array, L: Array, dW: Array) -> tuple[Array, Array] | None:
+        """G = gamma dW_1, kappa = gamma^2 m."""
+        return self.gamma * dW[0], self.gamma**2 * V.shape[0]

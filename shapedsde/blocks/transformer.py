@@ -82,6 +82,18 @@ class ShapedTransformerBlock(Block):
         k = self.attention.n_noise
         return self.attention.noise_from(V, N[:k]) + self.mlp.noise_from(V, N[k:])
 
+    def drift_split(self, V: Array) -> tuple[Array, Array | None]:
+        (B_att, R_att), (B_mlp, R_mlp) = (part.drift_split(V) for part in self.parts)
+        rest = [R for R in (R_att, R_mlp) if R is not None]
+        return B_att + B_mlp, (sum(rest) if rest else None)
+
+    def noise_factor(self, V: Array, L: Array, dW: Array) -> tuple[Array, Array] | None:
+        k = self.attention.n_noise
+        att, mlp = self.attention.noise_factor(V, L, dW[:k]), self.mlp.noise_factor(V, L, dW[k:])
+        if att is None or mlp is None:
+            return None
+        return att[0] + mlp[0], att[1] + mlp[1]
+
 
 class StandardTransformerBlock(ShapedTransformerBlock):
     """Standard attention followed by the standard ReLU MLP (the unshaped baseline): the same

@@ -1,0 +1,309 @@
+r"""One step of the covariance SDE for a batch of paths: the solvers and the state they keep.
+
+    dV = b(V) dt + noise(V, L, dW),   L L^T = V,   dW: ``block.n_noise`` m x m Brownian matrices
+
+A solver is a small diffrax solver class (``step`` as in ``diffrax.AbstractSolver``) that
+declares its weak order; ``shapedsde.sde`` drives it over a grid and estimates its step error
+by coupled solves (``shapedsde.step_error``). Both keep every path on the state space and
+freeze a path that blows up (SPEC section 3); ``step``'s ``args`` is the integer index of the
+step on its grid, which names the step's Brownian increment (``Increments``).
+
+* ``GuardedEuler``: Euler-Maruyama, then the Cholesky factor (tolerant of rank deficiency,
+  ``linalg.semidefinite_cholesky``), projection onto the PSD cone where the step left it
+  (counted in ``psd_repairs``), optional normalisation, blow-up freeze. Works for every block.
+* ``CongruenceEuler``: the same increment to O(dt) in law, written as a congruence. With
+  drift b = B V + V B^T + R and noise L (G + G^T) L^T (``Block.drift_split``,
+  ``Block.noise_factor``, E[G G^T] = kappa dt I),
+
+      L' = (I + B dt) L (I + G) / sqrt(1 + kappa dt),   V' = L' L'^T + R dt.
+
+  V' - V has the drift and the noise of an Euler step up to terms of mean O(dt^2) and of
+  variance O(dt^2), so the scheme has weak order 1 like Euler; but where R = 0 (shaped
+  attention without mask) V' is PSD and of the rank of V by construction: no projection, no
+  factorisation, and no mass stuck on the boundary of the cone. Euler steps overshoot that
+  boundary when the coefficients are large (hot attention), and the projection glues the
+  overshooting paths to rank-deficient states, biasing the law of rho (measured in
+  ``benchmarks/weak_convergence.py``).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, NamedTuple
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import Array
+
+from ._random import standard_normal
+from .blocks.base import Block
+from .linalg import matmul, mirror_lower, psd_parts, semidefinite_cholesky
+from .normalize import ito_drift, ito_noise, rms
+
+BRIDGE_STREAMS = 2**31
+"""Counter offset of the Brownian-bridge normals (``Increments`` in mode FINE); grid steps stay
+below 2^31."""
+
+BASE, COARSE, FINE = 0, 1, 2
+"""How a solve's increments derive from the base grid's normals z_k (stream k of the path):
+BASE, step k: sqrt(h) z_k; COARSE (step 2h): sqrt(h) (z_{2k} + z_{2k+1}), the base increments
+summed in pairs; FINE (step h / 2): the Brownian bridge of the base increment,
+sqrt(h) z_k / 2 +- sqrt(h) / 2 z'_k. So coarse, base and fine paths share one Brownian path."""
+
+
+class SDEState(NamedTuple):
+    """State of a batch of B paths (the solver integrates the batch as one system)."""
+
+    V: Array  # (B, m, m) covariance: its lower triangle (mirror_lower gives the matrix)
+    L: Array  # (B, m, m) a square root of V, L L^T = V
+    LT: Array  # (B, m, m) L^T, stored: the noise's last product then needs no transpose
+    t_explode: Array  # (B,) time of blow-up, -1 while the path is alive
+    repairs: Array  # (B,) steps that left the PSD cone and were projected back
+
+
+class CovarianceSDE(eqx.Module):
+    """The SDE of one block under one normalisation: drift and noise of one path's state."""
+
+    block: Block
+    normalize: str | None = eqx.field(static=True)
+    scheme: str = eqx.field(static=True)
+    m: int = eqx.field(static=True)
+    dtype: str = eqx.field(static=True)
+
+    def drift(self, y: SDEState) -> Array:
+        if self.normalize == "rms" and self.scheme == "ito":
+            b, Sigma = self.block.drift(y.V), self.block.diffusion_cov(y.V)
+            return ito_drift(rms, b, Sigma, y.V)
+        return self.block.drift(y.V)
+
+    def noise(self, y: SDEState, dW: Array) -> Array:
+        dV = self.block.noise(y.V, y.L, dW, y.LT)
+        if self.normalize == "rms" and self.scheme == "ito":
+            return ito_noise(rms, y.V, dV)
+        return dV
+
+
+def standard_normal_matrices(words: Array, stream: Array, n: int, m: int,
+                             dtype: jnp.dtype) -> Array:
+    """The n iid standard normal m x m matrices (B, n, m, m) of ``stream`` for paths with
+    Threefry keys ``words`` (B, 2). Drawn in the (m, n, m) layout that
+    ``linalg.congruence`` multiplies, so its transposes and this one cancel."""
+    z = jax.vmap(lambda w: standard_normal(w, stream, n * m * m, dtype))(words)
+    return jnp.moveaxis(z.reshape(-1, m, n, m), 2, 1)
+
+
+class Increments(eqx.Module):
+    """Brownian increments (B, n_noise, m, m) of a batch of paths: a pure function of (path key,
+    step index, step size, mode), so a path does not depend on the batch it is solved in."""
+
+    words: Array  # (B, 2) uint32 Threefry keys of the paths
+    n: int = eqx.field(static=True)
+    m: int = eqx.field(static=True)
+    dtype: str = eqx.field(static=True)
+
+    def __call__(self, step: Array, h: Array, mode: Array) -> Array:
+        """Increment of the step ``step`` (of size h) on the grid of ``mode`` (a traced scalar:
+        one compiled solve serves all three modes)."""
+        step = step.astype(jnp.uint32)
+
+        def draw(stream: Array) -> Array:
+            return standard_normal_matrices(self.words, stream, self.n, self.m, self.dtype)
+
+        def base() -> Array:
+            return jnp.sqrt(h) * draw(step)
+
+        def coarse() -> Array:
+            first = 2 * step
+            return jnp.sqrt(0.5 * h) * (draw(first) + draw(first + np.uint32(1)))
+
+        def fine() -> Array:
+            sign = 1.0 - 2.0 * (step % 2).astype(h.dtype)  # first or second half
+            base_step = step // 2
+            return jnp.sqrt(0.5 * h) * (draw(base_step)
+                                        + sign * draw(base_step + np.uint32(BRIDGE_STREAMS)))
+
+        return jax.lax.switch(mode, (base, coarse, fine))
+
+
+class _NoiseTerm(diffrax.AbstractTerm):
+    """Matrix-Brownian noise term: control dW (B, n_noise, m, m), product noise(V, L, dW)."""
+
+    sde: CovarianceSDE
+    increments: Increments
+    mode: Array
+
+    def vf(self, t, y: SDEState, args) -> SDEState:
+        return y
+
+    def contr(self, t0, t1, *, step: Array | None = None, **kwargs) -> Array:
+        return self.increments(step, t1 - t0, self.mode)
+
+    def prod(self, vf: SDEState, control: Array) -> Array:
+        return jax.vmap(self.sde.noise)(vf, control)
+
+
+class _DriftTerm(diffrax.AbstractTerm):
+    """Drift term acting on the covariance part of the state: control dt, product b(V) dt."""
+
+    sde: CovarianceSDE
+
+    def vf(self, t, y: SDEState, args) -> Array:
+        return jax.vmap(self.sde.drift)(y)
+
+    def contr(self, t0, t1, **kwargs):
+        return t1 - t0
+
+    def prod(self, vf: Array, control) -> Array:
+        return vf * control
+
+
+def make_terms(sde: CovarianceSDE, increments: Increments, mode: Array) -> diffrax.MultiTerm:
+    return diffrax.MultiTerm(_DriftTerm(sde), _NoiseTerm(sde, increments, mode))
+
+
+class _GuardedSolver(diffrax.AbstractSolver):
+    """Shared part of the solvers: the state-space guard after the step and the blow-up freeze
+    of the module docstring. Subclasses give ``propose``: V' (lower triangle read) and, if the
+    step keeps the cone by construction, its square root L' (else None)."""
+
+    sde: CovarianceSDE
+    bound: Array  # blow-up threshold on max_a V_aa
+    weak_order: ClassVar[int] = 1
+    term_structure: ClassVar = diffrax.MultiTerm[tuple[diffrax.AbstractTerm,
+                                                       diffrax.AbstractTerm]]
+    interpolation_cls: ClassVar = diffrax.LocalLinearInterpolation
+
+    def order(self, terms) -> int:
+        return 1
+
+    def strong_order(self, terms) -> float:
+        return 0.5
+
+    def init(self, terms, t0, t1, y0, args):
+        return None
+
+    def func(self, terms, t0, y0, args):
+        return terms.vf(t0, y0, args)
+
+    def propose(self, terms, t0, t1, y: SDEState, step: Array) -> tuple[Array, Array | None]:
+        raise NotImplementedError
+
+    def step(self, terms, t0, t1, y0: SDEState, args, solver_state, made_jump):
+        """One step of every path of the batch; ``args`` is the step's index on its grid."""
+        del solver_state, made_jump
+        y = y0._replace(V=mirror_lower(y0.V))
+        V1, L1 = self.propose(terms, t0, t1, y, args)
+        alive = y0.t_explode < 0
+        if L1 is None:
+            V1, L1, repaired, broken = onto_state_space(V1, self.sde.normalize, alive)
+        else:
+            broken = ~jnp.all(jnp.isfinite(V1), axis=(1, 2))
+            repaired = jnp.zeros_like(broken)
+            if self.sde.normalize == "rms":
+                V1, L1 = normalise_rms(V1, L1)
+        # on the PSD state max_a V_aa = max_ab |V_ab|, and reads m entries, not m^2
+        too_big = ~(jnp.max(jnp.diagonal(V1, axis1=1, axis2=2), axis=1) <= self.bound)
+        bad = too_big | broken
+        keep = alive & ~bad
+        y1 = SDEState(
+            V=jnp.where(keep[:, None, None], V1, y0.V),
+            L=jnp.where(keep[:, None, None], L1, y0.L),
+            LT=jnp.where(keep[:, None, None], jnp.swapaxes(L1, 1, 2), y0.LT),
+            t_explode=jnp.where(alive & bad, jnp.asarray(t1, y0.V.dtype), y0.t_explode),
+            repairs=y0.repairs + (keep & repaired).astype(y0.repairs.dtype),
+        )
+        return y1, None, dict(y0=y0, y1=y1), None, diffrax.RESULTS.successful
+
+
+class GuardedEuler(_GuardedSolver):
+    """Euler-Maruyama: V' = V + b(V) dt + noise(V, L, dW), then the guard."""
+
+    def propose(self, terms, t0, t1, y: SDEState, step: Array) -> tuple[Array, None]:
+        drift_term, noise_term = terms.terms
+        dV = drift_term.vf_prod(t0, y, None, drift_term.contr(t0, t1)) \
+            + noise_term.vf_prod(t0, y, None, noise_term.contr(t0, t1, step=step))
+        return y.V + dV, None
+
+
+class CongruenceEuler(_GuardedSolver):
+    """L' = (I + B dt) L (I + G) / sqrt(1 + kappa dt), V' = L' L'^T + R dt (module docstring).
+    Needs ``block.noise_factor``; the normalised SDE in its "project" form (f after the step)."""
+
+    def propose(self, terms, t0, t1, y: SDEState, step: Array) -> tuple[Array, Array | None]:
+        _, noise_term = terms.terms
+        dt = t1 - t0
+        dW = noise_term.contr(t0, t1, step=step)
+        block = self.sde.block
+
+        def one(V: Array, L: Array, dW: Array) -> tuple[Array, Array, Array | None]:
+            B, R = block.drift_split(V)
+            G, kappa = block.noise_factor(V, L, dW)
+            eye = jnp.eye(V.shape[0], dtype=V.dtype)
+            L1 = matmul(L + dt * matmul(B, L), eye + G) * jax.lax.rsqrt(1.0 + kappa * dt)
+            return L1, matmul(L1, L1.T), None if R is None else R * dt
+
+        L1, V1, RdT = jax.vmap(one)(y.V, y.L, dW)
+        if RdT is None:
+            return V1, L1
+        return V1 + RdT, None
+
+
+SOLVERS = {"euler": GuardedEuler, "congruence": CongruenceEuler}
+
+
+def supports_congruence(block: Block, m: int) -> bool:
+    """Whether ``block`` gives the factors the congruence solver needs (evaluated on shapes)."""
+    V = jax.ShapeDtypeStruct((m, m), jnp.float32)
+    dW = jax.ShapeDtypeStruct((block.n_noise, m, m), jnp.float32)
+    return jax.eval_shape(block.noise_factor, V, V, dW) is not None
+
+
+def normalise_rms(V: Array, L: Array) -> tuple[Array, Array]:
+    """f(V) = D^{-1/2} V D^{-1/2} on a batch, and the matching root D^{-1/2} L."""
+    s = jax.lax.rsqrt(jnp.clip(jnp.diagonal(V, axis1=1, axis2=2), jnp.finfo(V.dtype).tiny))
+    V = V * s[:, :, None] * s[:, None, :]
+    V = jnp.where(jnp.eye(V.shape[1], dtype=bool), jnp.ones((), V.dtype), V)
+    return V, s[:, :, None] * L
+
+
+_REPAIR_GROUP = 8  # paths repaired per eigh call
+
+
+def onto_state_space(V: Array, normalize: str | None,
+                     active: Array) -> tuple[Array, Array, Array, Array]:
+    """Project a symmetric batch V (B, m, m) onto the PSD cone where needed and normalise;
+    return (V, L, repaired, broken). ``active`` (B,) marks the paths whose result is used;
+    ``broken`` flags active paths whose V has an entry that is not finite.
+
+    L is the Cholesky factor, which tolerates rank deficiency (``linalg.semidefinite_cholesky``:
+    a numerically singular direction is dropped from L; V is unchanged, so nothing is counted).
+    Where it does not exist (V outside the cone beyond rounding, or not finite) an ``eigh`` gives
+    the projection (counted in ``repaired``) and the symmetric square root. Such paths are
+    rare, so they are gathered in groups of ``_REPAIR_GROUP`` and only those are decomposed (a ``while_loop`` until none is left)
+    instead of the whole batch; inactive (frozen or exploding) paths are skipped. Each path's
+    result depends on that path only.
+    """
+    L, ok, _ = semidefinite_cholesky(V)
+
+    def repair_group(state: tuple[Array, ...]) -> tuple[Array, ...]:
+        V, L, need, left, broken = state
+        idx = jax.lax.top_k(need.astype(jnp.int32), min(_REPAIR_GROUP, need.shape[0]))[1]
+        todo = need[idx]  # the group may hold paths that need nothing
+        finite = jnp.all(jnp.isfinite(V[idx]), axis=(1, 2))
+        eye = jnp.eye(V.shape[1], dtype=V.dtype)
+        V_psd, L_eig, lam = psd_parts(jnp.where(finite[:, None, None], mirror_lower(V[idx]), eye))
+        tol = 100 * jnp.finfo(V.dtype).eps * jnp.max(jnp.abs(lam), axis=1)
+        out = (todo & (lam[:, 0] < -tol))[:, None, None]
+        return (V.at[idx].set(jnp.where(out, V_psd, V[idx])),
+                L.at[idx].set(jnp.where(todo[:, None, None], L_eig, L[idx])),
+                need.at[idx].set(False), left.at[idx].set(left[idx] | out[:, 0, 0]),
+                broken.at[idx].set(broken[idx] | (todo & ~finite)))
+
+    no = jnp.zeros_like(ok)
+    V, L, _, repaired, broken = jax.lax.while_loop(
+        lambda state: jnp.any(state[2]), repair_group, (V, L, ~ok & active, no, no))
+    if normalize == "rms":  # V's lower triangle defines it; the mirror is formed when read
+        V, L = normalise_rms(V, L)
+    return V, L, repaired, broken
