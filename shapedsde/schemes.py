@@ -273,17 +273,17 @@ _REPAIR_GROUP = 8  # paths repaired per eigh call
 
 def onto_state_space(V: Array, normalize: str | None,
                      active: Array) -> tuple[Array, Array, Array, Array]:
-    """Project a symmetric batch V (B, m, m) onto the PSD cone where needed and normalise;
-    return (V, L, repaired, broken). ``active`` (B,) marks the paths whose result is used;
-    ``broken`` flags active paths whose V has an entry that is not finite.
+    """Project a symmetric batch V (B, m, m) onto the PSD cone where needed and normalise; return
+    (V, L, repaired, broken). ``active`` (B,) marks the paths whose result is used; ``broken``
+    flags active paths whose V has an entry that is not finite.
 
     L is the Cholesky factor, which tolerates rank deficiency (``linalg.semidefinite_cholesky``:
     a numerically singular direction is dropped from L; V is unchanged, so nothing is counted).
-    Where it does not exist (V outside the cone beyond rounding, or not finite) an ``eigh`` gives
-    the projection (counted in ``repaired``) and the symmetric square root. Such paths are
-    rare, so they are gathered in groups of ``_REPAIR_GROUP`` and only those are decomposed (a ``while_loop`` until none is left)
-    instead of the whole batch; inactive (frozen or exploding) paths are skipped. Each path's
-    result depends on that path only.
+    Where it does not exist (V outside the cone beyond rounding, or not finite) an ``eigh``
+    gives the projection (counted in ``repaired``) and the symmetric square root. Such paths are
+    rare, so they are gathered in groups of ``_REPAIR_GROUP`` and only those are decomposed (a
+    ``while_loop`` until none is left) instead of the whole batch; inactive (frozen or
+    exploding) paths are skipped. Each path's result depends on that path only.
     """
     L, ok, _ = semidefinite_cholesky(V)
 
