@@ -66,13 +66,14 @@ def test_network_sweep_compiles_once():
 
 
 def test_traced_parameters_same_paths():
-    """Traced parameters give the paths of static ones (to float32 rounding), and a sample
-    does not depend on the (padded) number of samples."""
+    """Traced parameters keep the block's values and config, and a sample does not depend on
+    the number of samples padded to the chunk (sizes of the sweep above: no new compile)."""
     block = sd.ShapedAttention(tau0=0.7, gamma=0.4)
-    kw = dict(width=16, depth=4, key=jax.random.key(3), n_save=2, progress=False)
-    a = sd.simulate_network(block, V0, n_samples=5, **kw)
-    b = sd.simulate_network(block, V0, n_samples=9, **kw)
-    np.testing.assert_array_equal(a.V, b.V[:5])
+    kw = dict(width=16, depth=4, key=jax.random.key(3), n_save=3, normalize="rms",
+              progress=False)
+    a = sd.simulate_network(block, V0, n_samples=20, **kw)
+    b = sd.simulate_network(block, V0, n_samples=27, **kw)
+    np.testing.assert_array_equal(a.V, b.V[:20])
     traced = traced_parameters(block, np.float32)
     assert isinstance(traced.gamma, jax.Array) and isinstance(traced.config()["gamma"], float)
     assert traced.config()["tau0"] == pytest.approx(0.7)
