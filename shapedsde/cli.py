@@ -12,7 +12,6 @@ import argparse
 import dataclasses
 import importlib
 import importlib.util
-import inspect
 import math
 import os
 import sys
@@ -51,7 +50,6 @@ DEFAULT_SDE_OUT = Path("results/sde.npz")
 DEFAULT_FIGURE = Path("results/demo.png")
 """Default outputs: their folder (results/, ignored by git) is created if missing; the folder
 of any other --out must exist."""
-DT_FIXED_DEFAULT = "1/256"
 
 
 def model_option(args: argparse.Namespace, name: str) -> object:
@@ -97,13 +95,6 @@ def block_description(block: Block) -> str:
                          f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}")
         return f"{config['kind']}({', '.join(parts)})"
     return fmt(block.config())
-
-
-def auto_step_available() -> bool:
-    """Whether ``solve_sde`` chooses its step itself (``dt=None`` is its default)."""
-    from .sde import solve_sde
-
-    return inspect.signature(solve_sde).parameters["dt"].default is None
 
 
 def _step(text: str) -> float | str:
@@ -174,11 +165,10 @@ def _common_options() -> argparse.ArgumentParser:
     run.add_argument("--paths", type=int, default=2000,
                      help="number of SDE paths (and of network samples)")
     run.add_argument("--seed", type=int, default=0, help="random seed")
-    auto = auto_step_available()
-    run.add_argument("--dt", type=_step, default="auto" if auto else _real(DT_FIXED_DEFAULT),
-                     help="largest SDE Euler step; fractions such as 1/256 are accepted"
-                          + ("; 'auto': the solver chooses the step with error control"
-                             if auto else ""))
+    run.add_argument("--dt", type=_step, default="auto",
+                     help="'auto': the solver chooses the SDE step with error control "
+                          "(solve_sde(dt=None)); else the largest step, fractions such as "
+                          "1/256 are accepted")
     run.add_argument("--n-save", type=int, default=17,
                      help="number of evenly spaced saved times, including 0 and T")
     run.add_argument("--dtype", choices=("float32", "float64"), default="float32",
@@ -241,11 +231,7 @@ def coinciding_n_save(depth: int, n_save: int) -> int:
 
 def _check_run_options(args: argparse.Namespace) -> None:
     check_real("T", args.T, low=0.0)
-    if args.dt == "auto":
-        if not auto_step_available():
-            raise ValueError("dt: 'auto' needs a solver that chooses its step; give a step "
-                             f"such as {DT_FIXED_DEFAULT}")
-    else:
+    if args.dt != "auto":
         check_real("dt", args.dt, low=0.0)
     check_int("paths", args.paths, low=1)
     check_path_range(0, args.paths, n_name="--paths")

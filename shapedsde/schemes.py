@@ -46,11 +46,12 @@ BRIDGE_STREAMS = 2**31
 """Counter offset of the Brownian-bridge normals (``Increments`` in mode FINE); grid steps stay
 below 2^31."""
 
-BASE, COARSE, FINE = 0, 1, 2
-"""How a solve's increments derive from the base grid's normals z_k (stream k of the path):
-BASE, step k: sqrt(h) z_k; COARSE (step 2h): sqrt(h) (z_{2k} + z_{2k+1}), the base increments
-summed in pairs; FINE (step h / 2): the Brownian bridge of the base increment,
-sqrt(h) z_k / 2 +- sqrt(h) / 2 z'_k. So coarse, base and fine paths share one Brownian path."""
+BASE, FINE, COARSE = 0, 1, 2
+"""How a solve's increments derive from the base grid's normals z_k (stream k of the path), by
+``mode``: BASE (0), step k: sqrt(h) z_k; FINE (1, step h / 2): the Brownian bridge of the base
+increment, sqrt(h) z_k / 2 +- sqrt(h) / 2 z'_k; r >= 2 (COARSE = 2, step r h): the sum
+sqrt(h) (z_{rk} + ... + z_{rk+r-1}) of r base increments. So the solves of every mode share
+one Brownian path (``benchmarks/weak_convergence.py`` couples a whole ladder of steps)."""
 
 
 class SDEState(NamedTuple):
@@ -105,7 +106,7 @@ class Increments(eqx.Module):
 
     def __call__(self, step: Array, h: Array, mode: Array) -> Array:
         """Increment of the step ``step`` (of size h) on the grid of ``mode`` (a traced scalar:
-        one compiled solve serves all three modes)."""
+        one compiled solve serves every mode)."""
         step = step.astype(jnp.uint32)
 
         def draw(stream: Array) -> Array:
@@ -114,17 +115,20 @@ class Increments(eqx.Module):
         def base() -> Array:
             return jnp.sqrt(h) * draw(step)
 
-        def coarse() -> Array:
-            first = 2 * step
-            return jnp.sqrt(0.5 * h) * (draw(first) + draw(first + np.uint32(1)))
-
         def fine() -> Array:
             sign = 1.0 - 2.0 * (step % 2).astype(h.dtype)  # first or second half
             base_step = step // 2
             return jnp.sqrt(0.5 * h) * (draw(base_step)
                                         + sign * draw(base_step + np.uint32(BRIDGE_STREAMS)))
 
-        return jax.lax.switch(mode, (base, coarse, fine))
+        def coarse() -> Array:
+            r = mode.astype(jnp.uint32)
+            zero = jnp.zeros((self.words.shape[0], self.n, self.m, self.m), self.dtype)
+            total = jax.lax.fori_loop(np.uint32(0), r, lambda i, acc: acc + draw(r * step + i),
+                                      zero)
+            return jnp.sqrt(h / r.astype(h.dtype)) * total
+
+        return jax.lax.switch(jnp.minimum(mode, COARSE), (base, fine, coarse))
 
 
 class _NoiseTerm(diffrax.AbstractTerm):

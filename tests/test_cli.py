@@ -146,7 +146,7 @@ def no_work(monkeypatch):
     import shapedsde.sde
 
     def forbid(fn):
-        @functools.wraps(fn)  # keeps the signature (the CLI inspects solve_sde's dt default)
+        @functools.wraps(fn)
         def run(*args, **kwargs):
             raise AssertionError(f"{fn.__name__} ran before the arguments were checked")
         return run
