@@ -73,3 +73,44 @@ def test_noise_floor_sums_standard_normals():
     z = [float(run(seed)) / np.sqrt(paths * steps * 2 * m * m) for seed in (1, 2)]
     assert all(abs(x) < 5 for x in z), z
     assert z[0] != z[1]
+
+
+wc = importlib.import_module("weak_convergence")
+
+
+def test_weak_convergence_statistics_and_paired_differences():
+    """The statistics exclude blown-up paths and append the crossing fraction; a coupled
+    difference of a shifted copy is the shift, with zero bootstrap SE."""
+    rho = np.linspace(-1.0, 1.0, 101)[:, None]
+    exploded = np.zeros(101, bool)
+    exploded[-1] = True  # rho = 1 is left out
+    S = wc.statistics(rho, exploded, crossing=True)
+    kept = rho[:-1, 0]
+    np.testing.assert_allclose(S, [kept.mean(), *np.quantile(kept, wc.QUANTILES), 1 / 101])
+    diff, se = wc.paired_difference(rho + 0.25, exploded, rho, exploded, True, 20)
+    np.testing.assert_allclose(diff, [0.25, 0.25, 0.25, 0.25, 0.0], atol=1e-12)
+    np.testing.assert_allclose(se, 0.0, atol=1e-12)
+    assert wc.max_error(diff, se + 0.1)[:2] == (pytest.approx(0.25), pytest.approx(0.1))
+    diff, se = wc.paired_difference(rho, exploded, rho, np.zeros(101, bool), True, 20)
+    assert diff[4] == pytest.approx(1 / 101) and se[4] > 0
+    assert wc.excess(np.array([0.03, -0.05]), np.array([0.01, 0.03])) == pytest.approx(0.01)
+    assert wc.stat_name(5, False, 3) == "rho13:q05"
+    assert wc.stat_name(12, True, 3) == "crossing"
+
+
+def test_weak_convergence_order_and_cost():
+    """First-order errors give slope 1 (levels within 4 SE left out); the cost to reach the
+    target interpolates log-log between the levels around the crossing."""
+    dts = 2.0 ** -np.arange(5, 10)
+    errors = 3.0 * dts
+    errors[-1] = 0.5  # noise-dominated level, SE below makes it excluded
+    ses = np.array([1e-4] * 4 + [1.0])
+    assert wc.weak_order(dts, errors, ses) == pytest.approx(1.0)
+    assert wc.weak_order(dts, errors, np.ones(5)) is None
+    cost, how = wc.cost_to_reach([1 / 64, 1 / 128, 1 / 256], [0.04, 0.02, 0.005], [1, 2, 4])
+    assert how == "interp" and cost == pytest.approx(np.sqrt(8))
+    assert wc.cost_to_reach([1 / 64, 1 / 128], [0.004, 0.001], [1, 2]) == (1.0, "<=")
+    assert wc.cost_to_reach([1 / 64, 1 / 128], [0.4, 0.1], [1, 2]) == (None, "not reached")
+    assert wc.resolved_error(np.array([0.5, -0.03, 0.01]), np.array([0.1, 0.001, 0.002])) \
+        == pytest.approx(0.03)
+    assert wc.resolved_error(np.array([0.5]), np.array([0.1])) is None
