@@ -41,6 +41,7 @@ from ._random import standard_normal
 from .blocks.base import Block
 from .linalg import matmul, mirror_lower, psd_parts, semidefinite_cholesky
 from .normalize import ito_drift, ito_noise, rms
+from .refinement import refine
 
 BRIDGE_STREAMS = 2**31
 """Counter offset of the Brownian-bridge normals (``Increments`` in mode FINE); grid steps stay
@@ -168,9 +169,10 @@ def make_terms(sde: CovarianceSDE, increments: Increments, mode: Array) -> diffr
 
 
 class _GuardedSolver(diffrax.AbstractSolver):
-    """Shared part of the solvers: the state-space guard after the step and the blow-up freeze
-    of the module docstring. Subclasses give ``propose``: V' (lower triangle read) and, if the
-    step keeps the cone by construction, its square root L' (else None)."""
+    """Shared part of the solvers: the state-space guard after the step, the blow-up freeze and
+    the refinement of hot paths (module docstring). Subclasses give ``propose``: V' (lower
+    triangle read) and, if the step keeps the cone by construction, its square root L' (else
+    None), from the state, the step size and the Brownian increment."""
 
     sde: CovarianceSDE
     bound: Array  # blow-up threshold on max_a V_aa
@@ -191,14 +193,14 @@ class _GuardedSolver(diffrax.AbstractSolver):
     def func(self, terms, t0, y0, args):
         return terms.vf(t0, y0, args)
 
-    def propose(self, terms, t0, t1, y: SDEState, step: Array) -> tuple[Array, Array | None]:
+    def propose(self, terms, y: SDEState, dt: Array, dW: Array) -> tuple[Array, Array | None]:
         raise NotImplementedError
 
-    def step(self, terms, t0, t1, y0: SDEState, args, solver_state, made_jump):
-        """One step of every path of the batch; ``args`` is the step's index on its grid."""
-        del solver_state, made_jump
+    def advance(self, terms, y0: SDEState, t0: Array, t1: Array, dW: Array) -> SDEState:
+        """One step of size t1 - t0 with increments dW (B, n_noise, m, m) for every path, then
+        the guard; a path that leaves the state space is frozen and its time recorded."""
         y = y0._replace(V=mirror_lower(y0.V))
-        V1, L1 = self.propose(terms, t0, t1, y, args)
+        V1, L1 = self.propose(terms, y, t1 - t0, dW)
         alive = y0.t_explode < 0
         if L1 is None:
             V1, L1, repaired, broken = onto_state_space(V1, self.sde.normalize, alive)
@@ -211,23 +213,34 @@ class _GuardedSolver(diffrax.AbstractSolver):
         too_big = ~(jnp.max(jnp.diagonal(V1, axis1=1, axis2=2), axis=1) <= self.bound)
         bad = too_big | broken
         keep = alive & ~bad
-        y1 = SDEState(
+        return SDEState(
             V=jnp.where(keep[:, None, None], V1, y0.V),
             L=jnp.where(keep[:, None, None], L1, y0.L),
             LT=jnp.where(keep[:, None, None], jnp.swapaxes(L1, 1, 2), y0.LT),
             t_explode=jnp.where(alive & bad, jnp.asarray(t1, y0.V.dtype), y0.t_explode),
             repairs=y0.repairs + (keep & repaired).astype(y0.repairs.dtype),
         )
+
+    def step(self, terms, t0, t1, y0: SDEState, args, solver_state, made_jump):
+        """One step of every path of the batch; ``args`` is the step's index on its grid.
+        Without normalisation, paths whose drift would change V by more than
+        ``refinement.MAX_CHANGE`` in the step are stepped again in 2^k substeps on the Brownian
+        bridge of their increment (``refinement.refine``)."""
+        del solver_state, made_jump
+        noise_term = terms.terms[1]
+        dW = noise_term.contr(t0, t1, step=args)
+        y1 = self.advance(terms, y0, t0, t1, dW)
+        if self.sde.normalize is None:  # the normalised SDE cannot blow up
+            y1 = refine(self, terms, y0, y1, t0, t1, dW, noise_term.increments, args)
         return y1, None, dict(y0=y0, y1=y1), None, diffrax.RESULTS.successful
 
 
 class GuardedEuler(_GuardedSolver):
     """Euler-Maruyama: V' = V + b(V) dt + noise(V, L, dW), then the guard."""
 
-    def propose(self, terms, t0, t1, y: SDEState, step: Array) -> tuple[Array, None]:
+    def propose(self, terms, y: SDEState, dt: Array, dW: Array) -> tuple[Array, None]:
         drift_term, noise_term = terms.terms
-        dV = drift_term.vf_prod(t0, y, None, drift_term.contr(t0, t1)) \
-            + noise_term.vf_prod(t0, y, None, noise_term.contr(t0, t1, step=step))
+        dV = drift_term.vf_prod(None, y, None, dt) + noise_term.vf_prod(None, y, None, dW)
         return y.V + dV, None
 
 
@@ -235,10 +248,7 @@ class CongruenceEuler(_GuardedSolver):
     """L' = (I + B dt) L (I + G) / sqrt(1 + kappa dt), V' = L' L'^T + R dt (module docstring).
     Needs ``block.noise_factor``; the normalised SDE in its "project" form (f after the step)."""
 
-    def propose(self, terms, t0, t1, y: SDEState, step: Array) -> tuple[Array, Array | None]:
-        _, noise_term = terms.terms
-        dt = t1 - t0
-        dW = noise_term.contr(t0, t1, step=step)
+    def propose(self, terms, y: SDEState, dt: Array, dW: Array) -> tuple[Array, Array | None]:
         block = self.sde.block
 
         def one(V: Array, L: Array, dW: Array) -> tuple[Array, Array, Array | None]:

@@ -74,19 +74,25 @@ class StepError:
         return text
 
 
-def rho_statistics(V: NDArray[np.floating],
-                   exploded: NDArray[np.bool_]) -> tuple[NDArray[np.float64], NDArray]:
+def _statistics(rho: NDArray, axis: int) -> NDArray[np.float64]:
+    """Mean and the QUANTILES of rho over the paths ``axis``, stacked on a last axis."""
+    return np.concatenate([rho.mean(axis=axis)[..., None],
+                           np.moveaxis(np.quantile(rho, QUANTILES, axis=axis), 0, -1)], axis=-1)
+
+
+def _pair_correlations(V: NDArray) -> NDArray[np.float64]:
+    """rho_ab (a < b) of V (..., m, m), shape (..., pairs)."""
+    a, b = np.triu_indices(V.shape[-1], k=1)
+    return metrics.correlation(np.asarray(V, np.float64))[..., a, b]
+
+
+def rho_statistics(V: NDArray[np.floating], exploded: NDArray[np.bool_]) -> NDArray[np.float64]:
     """Mean and quantiles of every rho_ab (a < b) at every saved time over the paths that did
-    not blow up: shape (times, pairs, 1 + len(QUANTILES)); and rho itself (paths, times,
-    pairs)."""
-    m = V.shape[-1]
-    a, b = np.triu_indices(m, k=1)
-    rho = metrics.correlation(np.asarray(V[~exploded], np.float64))[..., a, b]
+    not blow up: shape (times, pairs, 1 + len(QUANTILES)) (zeros if every path blew up)."""
+    rho = _pair_correlations(V[~exploded])
     if rho.shape[0] == 0:
-        return np.zeros((V.shape[1], a.size, 1 + len(QUANTILES))), rho
-    stats = np.concatenate([rho.mean(axis=0)[..., None],
-                            np.moveaxis(np.quantile(rho, QUANTILES, axis=0), 0, -1)], axis=-1)
-    return stats, rho
+        return np.zeros(rho.shape[1:] + (1 + len(QUANTILES),))
+    return _statistics(rho, axis=0)
 
 
 BOOTSTRAP = 32
@@ -94,15 +100,13 @@ BOOTSTRAP = 32
 
 
 def _gap_se(rho: NDArray, rho_other: NDArray, seed: int = 0) -> NDArray[np.float64]:
-    """Bootstrap standard error of the statistics' differences, resampling paths in pairs."""
-    n = min(rho.shape[0], rho_other.shape[0])
-    if n < 2 or rho.shape[0] != rho_other.shape[0]:
+    """Bootstrap standard error of the statistics' differences of two paired samples of rho
+    (paths, times, pairs), resampling paths in pairs."""
+    n = rho.shape[0]
+    if n < 2:
         return np.zeros(rho.shape[1:] + (1 + len(QUANTILES),))
     idx = np.random.default_rng(seed).integers(0, n, (BOOTSTRAP, n))
-    def stats(x: NDArray) -> NDArray:
-        return np.concatenate([x.mean(axis=1)[..., None],
-                               np.moveaxis(np.quantile(x, QUANTILES, axis=1), 0, -1)], axis=-1)
-    return np.std(stats(rho[idx]) - stats(rho_other[idx]), axis=0)
+    return np.std(_statistics(rho[idx], axis=1) - _statistics(rho_other[idx], axis=1), axis=0)
 
 
 def estimate(V: NDArray, exploded: NDArray[np.bool_], V_other: NDArray,
@@ -115,22 +119,17 @@ def estimate(V: NDArray, exploded: NDArray[np.bool_], V_other: NDArray,
         factor, dt_other = 1.0 / (2.0**order - 1.0), 2.0 * dt
     else:
         factor, dt_other = 1.0 / (1.0 - 2.0**-order), 0.5 * dt
-    S, rho = rho_statistics(V, exploded)
-    S_other, rho_other = rho_statistics(V_other, exploded_other)
+    S, S_other = rho_statistics(V, exploded), rho_statistics(V_other, exploded_other)
     gap = factor * np.abs(S - S_other)  # (times, pairs, statistics)
+    # Monte Carlo error of the gap: paired bootstrap over the paths alive in both solves
     both = ~exploded & ~exploded_other
-    if both.all():
-        excess = gap - 2 * factor * _gap_se(rho, rho_other)
-    else:  # paths that blew up in one solve only: no pairing
-        excess = gap
+    rho, rho_other = _pair_correlations(V[both]), _pair_correlations(V_other[both])
+    excess = gap - 2 * factor * _gap_se(rho, rho_other)
     by_time = gap.reshape(gap.shape[0], -1).max(axis=1) if gap.size else np.zeros(len(gap))
     se = 0.0
     if gap.size and both.sum() > 1:
         t, p = np.unravel_index(np.argmax(gap[..., 0]), gap.shape[:2])
-        diff = metrics.correlation(np.asarray(V[both, t], np.float64)) \
-            - metrics.correlation(np.asarray(V_other[both, t], np.float64))
-        a, b = np.triu_indices(V.shape[-1], k=1)
-        se = factor * float(np.std(diff[:, a[p], b[p]]) / np.sqrt(both.sum()))
+        se = factor * float(np.std(rho[:, t, p] - rho_other[:, t, p]) / np.sqrt(both.sum()))
     crossing = None
     if normalize is None:
         crossing = factor * abs(float(exploded.mean()) - float(exploded_other.mean()))

@@ -131,3 +131,30 @@ def test_rms_never_blows_up_and_float32_has_the_float64_law(case):
     assert not f32.exploded.any() and not f64.exploded.any()
     pairs = f32.n_tokens * (f32.n_tokens - 1) // 2
     assert p > 0.01 / pairs
+
+
+def test_estimate_pairs_the_paths_alive_in_both_solves():
+    """Paths that blew up in both coupled solves must not switch the bootstrap off: the same
+    noisy paths give a gap within its Monte Carlo error (excess <= 0), and a real shift of the
+    law gives excess > 0."""
+    from shapedsde.step_error import estimate
+
+    rng = np.random.default_rng(0)
+    n, m = 400, 2
+    r = np.tanh(rng.standard_normal(n))
+    noise = 0.02 * rng.standard_normal(n)
+
+    def covariances(rho):
+        V = np.broadcast_to(np.eye(m), (n, 2, m, m)).copy()
+        V[:, 1, 0, 1] = V[:, 1, 1, 0] = rho
+        return V
+
+    exploded = np.zeros(n, bool)
+    exploded[:20] = True  # the same paths blew up in both
+    kw = dict(dt=0.01, relation="coarse", order=1, normalize=None)
+    same = estimate(covariances(r), exploded, covariances(np.clip(r + noise, -1, 1)), exploded,
+                    **kw)
+    assert same.excess <= 0 < same.rho and same.crossing == 0
+    shifted = estimate(covariances(r), exploded, covariances(np.clip(r + 0.2, -1, 1)),
+                       exploded, **kw)
+    assert shifted.excess > 0.1
