@@ -63,12 +63,23 @@ class Comparison:
         labels: names of the two samples (a, b).
         dropped: label -> number of exploded paths left out.
         quantiles: the quantile levels of ``ComparisonRow.q_a`` / ``q_b``.
+        step_errors: label -> {saved time: estimated step error of the rho statistics} for
+            each sample solved from the SDE (``Trajectories.config["step_error"]``), so that
+            a KS or W1 distance can be read against the SDE side's own discretisation error.
     """
 
     rows: list[ComparisonRow]
     labels: tuple[str, str]
     dropped: dict[str, int]
     quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
+    step_errors: dict[str, dict[float, float]] = dataclasses.field(default_factory=dict)
+
+    def step_error(self, t: float) -> float | None:
+        """Largest estimated SDE step error of the rho statistics at time t (None if no
+        sample carries one)."""
+        found = [err for by_time in self.step_errors.values() for s, err in by_time.items()
+                 if abs(s - t) <= TIME_ATOL]
+        return max(found) if found else None
 
     def select(
         self, times: Iterable[float] | None = None, kind: Kind | None = None
@@ -118,6 +129,7 @@ class Comparison:
             "quantiles": list(self.quantiles),
             "min_pvalue": self.min_pvalue(),
             "max_ks": self.max_ks(),
+            "step_errors": {k: [[t, e] for t, e in v.items()] for k, v in self.step_errors.items()},
             "rows": [
                 {**dataclasses.asdict(r), "q_a": list(r.q_a), "q_b": list(r.q_b)} for r in self.rows
             ],
@@ -137,13 +149,19 @@ class Comparison:
             f"{name:>{q_width}}" for name in q_names
         )
         header += f"  {'KS':>6}  {'p':>9}  {'W1':>9}"
+        if self.step_errors:
+            header += f"  {'step err':>9}"
         lines = [header, "-" * len(header)]
         for r in self.rows:
             qs = "".join(f"{x:{q_width}.4g}" for x in (*r.q_a, *r.q_b))
             note = "  (constant)" if r.degenerate else ""
+            err = ""
+            if self.step_errors:
+                value = self.step_error(r.t) if r.kind == "rho" else None
+                err = f"  {value:9.2g}" if value is not None else f"  {'-':>9}"
             lines.append(
                 f"{r.t:8.4g}  {r.quantity:<{name_width}}{qs}"
-                f"  {r.ks:6.3f}  {r.pvalue:9.3g}  {r.w1:9.3g}{note}"
+                f"  {r.ks:6.3f}  {r.pvalue:9.3g}  {r.w1:9.3g}{err}{note}"
             )
         n_degenerate = sum(r.degenerate for r in self.rows)
         dropped = ", ".join(f"{k} {v}" for k, v in self.dropped.items())
@@ -152,6 +170,9 @@ class Comparison:
             f"exploded paths dropped: {dropped}; "
             f"min p = {self.min_pvalue():.3g}, max KS = {self.max_ks():.3f}"
         )
+        if self.step_errors:
+            lines.append("step err: the SDE sample's estimated discretisation error of the mean "
+                         "and 5/50/95% quantiles of rho at t (max over the pairs)")
         return "\n".join(lines)
 
 
@@ -300,4 +321,14 @@ def compare(
         labels=tuple(labels),
         dropped=dropped,
         quantiles=tuple(float(q) for q in quantiles),
+        step_errors={label: by_time for label, s in zip(labels, (a, b), strict=True)
+                     if (by_time := _step_error_by_time(s))},
     )
+
+
+def _step_error_by_time(s: Trajectories) -> dict[float, float]:
+    """{saved time: estimated step error of rho} from an SDE result's config, else {}."""
+    err = s.config.get("step_error")
+    if not isinstance(err, dict) or len(err.get("rho_by_time", ())) != s.n_times:
+        return {}
+    return {float(t): float(e) for t, e in zip(s.t, err["rho_by_time"], strict=True)}

@@ -192,3 +192,29 @@ def test_plain_arrays_rejected():
         compare(a, a.V)
     with pytest.raises(TypeError, match="a must be a Trajectories"):
         compare(a.V, a)
+
+
+def test_comparison_shows_the_sde_step_error_beside_ks():
+    """An SDE sample carries its estimated step error; the table prints it beside KS and W1
+    (rho rows only), so a user sees whether the SDE side limits the comparison."""
+    import jax
+
+    import shapedsde as sd
+
+    V0 = sd.default_covariance(3)
+    kw = dict(n_save=3, normalize="rms", progress=False)
+    sde = sd.solve_sde(sd.ShapedAttention(), V0, 0.25, key=jax.random.key(0), n_paths=64,
+                       dt=1 / 64, **kw)
+    net = sd.simulate_network(sd.ShapedAttention(), V0, width=16, depth=4, n_samples=64,
+                              key=jax.random.key(1), method="reduced", **kw)
+    comparison = sd.compare(sde, net)
+    by_time = sde.config["step_error"]["rho_by_time"]
+    assert comparison.step_error(0.25) == pytest.approx(by_time[-1])
+    assert list(comparison.step_errors) == ["sde"]
+    table = str(comparison)
+    assert "step err" in table.splitlines()[0]
+    rho_row = next(line for line in table.splitlines() if line.strip().startswith("0.25")
+                   and "rho[0,1]" in line)
+    assert f"{by_time[-1]:9.2g}".strip() in rho_row
+    assert "step_errors" in comparison.to_dict()
+    assert sd.compare(net, net, labels=("a", "b")).step_errors == {}
