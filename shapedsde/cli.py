@@ -169,6 +169,12 @@ def _common_options() -> argparse.ArgumentParser:
                      help="'auto': the solver chooses the SDE step with error control "
                           "(solve_sde(dt=None)); else the largest step, fractions such as "
                           "1/256 are accepted")
+    run.add_argument("--tol", type=_real, default=0.005,
+                     help="with --dt auto: largest estimated step error of the mean and "
+                          "5/50/95%% quantiles of every correlation (default 0.005)")
+    run.add_argument("--solver", default="auto",
+                     help="SDE solver: auto, congruence (keeps V PSD by construction; the "
+                          "default where the block allows it) or euler (Euler-Maruyama)")
     run.add_argument("--n-save", type=int, default=17,
                      help="number of evenly spaced saved times, including 0 and T")
     run.add_argument("--dtype", choices=("float32", "float64"), default="float32",
@@ -236,6 +242,12 @@ def _check_run_options(args: argparse.Namespace) -> None:
     check_int("paths", args.paths, low=1)
     check_path_range(0, args.paths, n_name="--paths")
     check_int("n-save", args.n_save, low=2)
+    check_real("tol", args.tol, low=0.0)
+    from .sde import SOLVER_NAMES
+
+    if args.solver not in SOLVER_NAMES:
+        raise ValueError(f"--solver must be one of {', '.join(SOLVER_NAMES)}, got "
+                         f"{args.solver!r}")
 
 
 def _check_result_size(args: argparse.Namespace, m: int, n_save: int, copies: int) -> None:
@@ -267,14 +279,14 @@ def _step_report(sde: Trajectories, args: argparse.Namespace) -> str:
     """The SDE step actually used (from the result), with its error estimate if the solver
     gives one, and a note when it differs from the requested --dt."""
     step = float(sde.config["dt"])
-    text = f"SDE step: dt = {step:.6g} ({1 / step:.6g} steps per unit time)"
+    text = (f"SDE step ({sde.config.get('solver', 'euler')} solver): dt = {step:.6g} "
+            f"({1 / step:.6g} steps per unit time)")
     error = sde.config.get("step_error")
     if isinstance(error, dict) and error.get("rho") is not None:  # shapedsde.step_error
-        text += f", estimated step error on rho <= {error['rho']:.2g}"
+        text += (f", estimated step error on rho {error['rho']:.2g} (beyond 2 Monte Carlo "
+                 f"SE: {max(error.get('excess', 0.0), 0.0):.2g})")
         if error.get("crossing") is not None:
             text += f", on the blow-up fraction {error['crossing']:.2g}"
-    elif isinstance(error, (int, float)):
-        text += f", estimated step error {error:.2g}"
     if args.dt != "auto" and not math.isclose(step, args.dt, rel_tol=1e-9):
         text += (f"\nnote: the step differs from the requested dt = {args.dt:g}: the "
                  f"{sde.n_times} save times must lie on the step grid (step <= the requested "
@@ -289,7 +301,8 @@ def _with_seed(traj: Trajectories, seed: int, key: object) -> Trajectories:
 
 
 def _sde_kwargs(args: argparse.Namespace) -> dict[str, object]:
-    return dict(dt=None if args.dt == "auto" else args.dt, n_paths=args.paths,
+    return dict(dt=None if args.dt == "auto" else args.dt, tol=args.tol, solver=args.solver,
+                n_paths=args.paths,
                 normalize=None if args.normalize == "none" else "rms", dtype=args.dtype,
                 progress=not args.no_progress)
 

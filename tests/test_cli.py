@@ -84,6 +84,10 @@ def test_coinciding_n_save():
         (["--heads", "0"], "heads"),
         (["--n-save", "1"], "n-save"),
         (["--dt", "0"], "dt"),
+        (["--tol", "0"], "tol"),
+        (["--tol", "nan"], "tol"),
+        (["--solver", "rk4"], "solver"),
+        (["--block", "attention", "--causal", "--solver", "congruence"], "congruence"),
     ],
 )
 def test_bad_values_give_one_line_error(tmp_path, capsys, extra, name):
@@ -207,7 +211,7 @@ def test_prints_configuration_used_and_records_seed(tmp_path, capsys):
     assert header.startswith("ShapedMLP(gamma=0.5, c_plus=0, c_minus=-1)")
     assert "tau0" not in header and "heads" not in header and "seed=7" in header
     # the step actually taken (T = 0.25 with 5 save times: 1/16), not the requested dt = 2
-    assert "SDE step: dt = 0.0625" in captured.out
+    assert "SDE step (congruence solver): dt = 0.0625" in captured.out
     assert "differs from the requested dt = 2" in captured.out
     config = Trajectories.load(out).config
     assert config["seed"] == 7 and config["key"]["data"] == [0, 7]
