@@ -102,12 +102,23 @@ def _substeps(solver: Any, terms: Any, y: Any, level: Array, depth: Array, cumul
 
 def refine(solver: Any, terms: Any, y0: Any, y1: Any, t0: Array, t1: Array, dW: Array,
            increments: Any, step: Array) -> Any:
-    """``y1`` (the plain step of the batch from ``y0``) with the hot paths redone in substeps."""
+    """``y1`` (the plain step of the batch from ``y0``) with the hot paths redone in substeps.
+    Only paths whose largest variance exceeds ``solver.calm`` (``sde.calm_scale``) are looked
+    at: below it the drift needs no refinement, and the batch skips the drift evaluation."""
     V = mirror_lower(y0.V)
+    scale = jnp.max(jnp.diagonal(V, axis1=1, axis2=2), axis=1)
+    grown = (y0.t_explode < 0) & (scale > solver.calm)
+    return jax.lax.cond(jnp.any(grown), lambda: _refine_grown(solver, terms, y0, y1, t0, t1, dW,
+                                                              increments, step, V, grown),
+                        lambda: y1)
+
+
+def _refine_grown(solver: Any, terms: Any, y0: Any, y1: Any, t0: Array, t1: Array, dW: Array,
+                  increments: Any, step: Array, V: Array, grown: Array) -> Any:
     b = jax.vmap(solver.sde.block.drift)(V)
     rate = jnp.max(jnp.abs(b), axis=(1, 2)) / jnp.max(jnp.diagonal(V, axis1=1, axis2=2), axis=1)
     level = levels(rate, t1 - t0)
-    hot = (y0.t_explode < 0) & (level > 0)
+    hot = grown & (level > 0)
     step = step.astype(jnp.uint32)
 
     def group(state: tuple[Any, Array]) -> tuple[Any, Array]:

@@ -176,6 +176,7 @@ class _GuardedSolver(diffrax.AbstractSolver):
 
     sde: CovarianceSDE
     bound: Array  # blow-up threshold on max_a V_aa
+    calm: Array  # only paths with max_a V_aa above this may need refinement (sde.calm_scale)
     weak_order: ClassVar[int] = 1
     term_structure: ClassVar = diffrax.MultiTerm[tuple[diffrax.AbstractTerm,
                                                        diffrax.AbstractTerm]]

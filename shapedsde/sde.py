@@ -37,11 +37,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-from ._batching import key_record, over_devices, run_chunked
+from ._batching import key_record, over_devices, padded_chunk_size, run_chunked
 from ._precision import resolve_dtype
 from ._random import path_key_words
 from .blocks.base import Block, traced_parameters
 from .linalg import mirror_lower, sym
+from .refinement import MAX_CHANGE
 from .schemes import (
     BASE,
     COARSE,
@@ -93,7 +94,7 @@ def _solve_batch(sde: CovarianceSDE, solver: str, words: Array, V0: Array, save_
     """Integrate the paths of keys ``words`` (B, 2) as one system: ``per_save`` steps between
     consecutive saved times, increments of grid ``mode`` (``schemes.BASE``/COARSE/FINE)."""
     terms = make_terms(sde, Increments(words, sde.block.n_noise, sde.m, sde.dtype), mode)
-    step_solver = SOLVERS[solver](sde, bound)
+    step_solver = SOLVERS[solver](sde, bound, calm_scale(sde, V0, save_ts, per_save))
 
     def interval(y: SDEState, i: Array) -> tuple[SDEState, Array]:
         t_start = save_ts[i]
@@ -111,6 +112,17 @@ def _solve_batch(sde: CovarianceSDE, solver: str, words: Array, V0: Array, save_
     y, Vs = jax.lax.scan(interval, y0, jnp.arange(save_ts.shape[0] - 1))
     Vs = jnp.concatenate([mirror_lower(y0.V)[None], Vs])
     return jnp.swapaxes(Vs, 0, 1), y.t_explode, y.repairs
+
+
+def calm_scale(sde: CovarianceSDE, V0: Array, save_ts: Array, per_save: Array) -> Array:
+    """Largest variance below which no path needs refinement (``shapedsde.refinement``):
+    max diag V0 times max(2, sqrt(MAX_CHANGE / (r0 h))), r0 the drift's relative rate at V0
+    and h the base step, assuming that rate grows at most like |V|^2 (the cubic attention
+    drift; the MLP's is bounded). The batch then skips the drift evaluation of the check."""
+    scale = jnp.max(jnp.diagonal(V0))
+    r0 = jnp.max(jnp.abs(sde.block.drift(V0))) / scale
+    h = (save_ts[1] - save_ts[0]) / per_save.astype(save_ts.dtype)
+    return scale * jnp.maximum(2.0, jnp.sqrt(MAX_CHANGE / jnp.maximum(r0 * h, 1e-30)))
 
 
 @eqx.filter_jit
@@ -146,31 +158,63 @@ class _Problem:
 
 def pilot_paths(n_paths: int) -> int:
     """Paths solved twice for the step-error estimate: all of them up to 256, then a quarter
-    (a power of two), at most 2048. Their standard error is part of the estimate's report."""
+    (a power of two), at most 2048: about 15% more work for a run of 1000 paths."""
     if n_paths <= 256:
         return n_paths
     return min(n_paths, 2048, max(256, 1 << (n_paths // 4).bit_length() - 1))
 
 
+class _CoupledSolves:
+    """The first paths of a run solved at one step and again at twice (or half) the step on
+    the same Brownian path, and the step error they show."""
+
+    def __init__(self, problem: _Problem, first: int, per_save: int, interval: float,
+                 order: int, normalize: str | None):
+        self.problem, self.first, self.per_save = problem, first, per_save
+        self.interval, self.order, self.normalize = interval, order, normalize
+        self.coarse = per_save % 2 == 0  # else the Brownian bridge at half the step
+        self.solves: list[tuple[np.ndarray, ...]] = []
+        self.others: list[tuple[np.ndarray, ...]] = []
+
+    @property
+    def n(self) -> int:
+        return sum(part[0].shape[0] for part in self.solves)
+
+    def grow(self, n: int) -> None:
+        """Solve paths first + self.n, ..., first + n - 1 at both steps."""
+        start, count = self.first + self.n, n - self.n
+        self.solves.append(self.problem.solve(start, count, self.per_save, BASE, False))
+        self.others.append(
+            self.problem.solve(start, count, self.per_save // 2, COARSE, False) if self.coarse
+            else self.problem.solve(start, count, 2 * self.per_save, FINE, False))
+
+    def paths(self) -> tuple[np.ndarray, ...]:
+        """V, explosion times and repairs of the paths solved at the run's step."""
+        return tuple(np.concatenate(parts) for parts in zip(*self.solves, strict=True))
+
+    def error(self) -> StepError:
+        V, t_exp, _ = self.paths()
+        V_other, t_other = (np.concatenate([o[k] for o in self.others]) for k in (0, 1))
+        return estimate(V, t_exp >= 0, V_other, t_other >= 0,
+                        dt=self.interval / self.per_save,
+                        relation="coarse" if self.coarse else "fine", order=self.order,
+                        normalize=self.normalize)
+
+
+def attention_heat(config: dict) -> float:
+    """Largest gamma^2 / tau0^2 of the shaped attention (sub-)blocks of a block's config (0
+    without attention): the scale of the cubic drift. ``solver="auto"`` takes the congruence
+    solver from 1 on: in hot settings it reaches a given accuracy at a fraction of Euler's cost
+    (0.18 at gamma^2 / tau0^2 = 9, 0.04 at 81: ``benchmarks/README.md``), while in cool ones
+    Euler needs no repairs and its step is cheaper (m = 4: 0.10 s against 0.14 s per 1024
+    paths at 260 steps)."""
+    heat = config["gamma"] ** 2 / config["tau0"] ** 2 if "tau0" in config else 0.0
+    parts = [attention_heat(v) for v in config.values() if isinstance(v, dict)]
+    return max([heat, *parts])
+
+
 def _steps_per_save(interval: float, dt: float) -> int:
     return max(1, math.ceil(interval / dt - 1e-9))
-
-
-def _step_error(problem: _Problem, first: int, pilot: tuple[np.ndarray, ...], per_save: int,
-                interval: float, order: int, normalize: str | None) -> StepError:
-    """Solve the pilot paths again at 2 dt (per_save even) or dt / 2 and estimate the error."""
-    V, t_exp = pilot[0], pilot[1]
-    n = V.shape[0]
-    if per_save % 2 == 0:
-        other, relation = problem.solve(first, n, per_save // 2, COARSE, False), "coarse"
-    else:
-        other, relation = problem.solve(first, n, 2 * per_save, FINE, False), "fine"
-    return estimate(V, t_exp >= 0, other[0], other[1] >= 0, dt=interval / per_save,
-                    relation=relation, order=order, normalize=normalize)
-
-
-def _within(err: StepError, tol: float) -> bool:
-    return err.excess <= tol and (err.crossing is None or err.crossing <= tol)
 
 
 def solve_sde(block: Block, V0: object, T: float, *, key: Array, dt: float | None = None,
@@ -197,8 +241,8 @@ def solve_sde(block: Block, V0: object, T: float, *, key: Array, dt: float | Non
         normalize: None or "rms" (the normalised SDE on correlation matrices).
         solver: "congruence" (``schemes.CongruenceEuler``), "euler" (Euler-Maruyama), or
             "auto": congruence where the block gives its factors (shaped attention without a
-            causal mask, the shaped MLP and their Transformer block) and scheme is "project",
-            else Euler.
+            causal mask, the shaped MLP and their Transformer block), scheme is "project" and
+            the attention is hot (``attention_heat`` >= 1), else Euler.
         scheme: for "rms", "project" (step, then apply f) or "ito" (Ito-transformed SDE,
             Euler only).
         blowup_bound: a path whose max_a V_aa (= max_ab |V_ab| for PSD V) exceeds
@@ -244,7 +288,8 @@ def solve_sde(block: Block, V0: object, T: float, *, key: Array, dt: float | Non
     m = V0.shape[0]
     congruence_ok = scheme == "project" and supports_congruence(block, m)
     if solver == "auto":
-        solver = "congruence" if congruence_ok else "euler"
+        solver = "congruence" if congruence_ok and attention_heat(block.config()) >= 1 \
+            else "euler"
     elif solver == "congruence" and not congruence_ok:
         raise ValueError(f"solver 'congruence' needs scheme 'project' and a block with "
                          f"noise_factor ({type(block).__name__} with these options has none); "
@@ -260,25 +305,28 @@ def solve_sde(block: Block, V0: object, T: float, *, key: Array, dt: float | Non
     problem = _Problem(
         sde=CovarianceSDE(traced_parameters(block, jdtype), normalize, scheme, m, dtype),
         solver=solver, key=key, V0=jnp.asarray(V0, jdtype), save_ts=jnp.asarray(save_ts, jdtype),
-        bound=jnp.asarray(blowup_bound * scale, jdtype), chunk_size=chunk_size)
+        bound=jnp.asarray(blowup_bound * scale, jdtype),
+        chunk_size=padded_chunk_size(pilot_paths(n_paths), chunk_size))  # one shape for all
     order = SOLVERS[solver].weak_order
 
-    n_pilot = pilot_paths(n_paths)
     while True:
-        pilot = problem.solve(first_path, n_pilot, per_save, BASE, False)
-        err = _step_error(problem, first_path, pilot, per_save, interval, order, normalize)
-        if dt is not None or _within(err, tol):
+        pilot = _CoupledSolves(problem, first_path, per_save, interval, order, normalize)
+        pilot.grow(pilot_paths(n_paths))
+        err = pilot.error()
+        if dt is not None or not err.above(tol):
             break
         if interval / (2 * per_save) < MIN_DT or 2 * per_save * (n_save - 1) > MAX_STEPS:
             warnings.warn(f"solve_sde: estimated step error {err.excess:.3g} > tol = {tol:g} "
-                          f"at the smallest step dt = {interval / per_save:.3g}; the result "
-                          "carries it (config['step_error'])", RuntimeWarning, stacklevel=2)
+                          f"beyond its Monte Carlo error at the smallest step dt = "
+                          f"{interval / per_save:.3g}; the result carries it "
+                          "(config['step_error'])", RuntimeWarning, stacklevel=2)
             break
         per_save *= 2
-    rest = problem.solve(first_path + n_pilot, n_paths - n_pilot, per_save, BASE, progress) \
-        if n_paths > n_pilot else None
-    Vs, t_exp, repairs = pilot if rest is None else (
-        np.concatenate([a, b]) for a, b in zip(pilot, rest, strict=True))
+    done = pilot.paths()
+    rest = problem.solve(first_path + pilot.n, n_paths - pilot.n, per_save, BASE, progress) \
+        if n_paths > pilot.n else None
+    Vs, t_exp, repairs = done if rest is None else (
+        np.concatenate([a, b]) for a, b in zip(done, rest, strict=True))
     exploded = t_exp >= 0
     return Trajectories(
         t=save_ts, V=Vs, exploded=exploded,
