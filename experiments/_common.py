@@ -183,21 +183,22 @@ def sde_step(traj: sd.Trajectories) -> dict[str, Any]:
 def step_text(steps: dict[str, Any] | Sequence[dict[str, Any]]) -> str:
     """"dt = 1/N, est. step error x (...)" for titles and legends, from one or more
     :func:`sde_step` records: every step taken and the largest estimated step error, with the
-    part of it beyond 2 bootstrap standard errors (the estimate is a difference of two coupled
-    solves on at most 2048 paths, so its tail quantiles carry Monte Carlo noise)."""
+    part of it beyond its Monte Carlo error (``StepError.excess``: the estimate is a
+    difference of two coupled solves on at most 2048 paths, so its tail quantiles carry
+    Monte Carlo noise)."""
     steps = [steps] if isinstance(steps, dict) else list(steps)
     dts = sorted({round(1 / s["dt"]) for s in steps})
     error = max(s["step_error"]["rho"] for s in steps)
     excess = max(s["step_error"]["excess"] for s in steps)
-    noise = "within 2 SE of 0" if excess <= 0 else f"{excess:.1g} beyond 2 SE"
+    noise = "within its MC error" if excess <= 0 else f"{excess:.1g} beyond its MC error"
     return f"dt = {', '.join(f'1/{n}' for n in dts)}, est. step error {error:.2g} ({noise})"
 
 
 def step_summary(step: dict[str, Any]) -> str:
     """One :func:`sde_step` record in full, for the printed summary."""
     err = step["step_error"]
-    return (f"dt = 1/{round(1 / step['dt'])}: step error estimate {err['rho']:.4f}, beyond 2 SE "
-            f"{err['excess']:.4f} (SE of the worst mean's {err['rho_mean_se']:.4f}; "
+    return (f"dt = 1/{round(1 / step['dt'])}: step error estimate {err['rho']:.4f} (at most "
+            f"{err['upper']:.4f} at 2 SE, {err['excess']:.4f} beyond its Monte Carlo error; "
             f"{err['paths']} coupled paths at dt = 1/{round(1 / err['dt_other'])})")
 
 
