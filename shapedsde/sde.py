@@ -4,20 +4,22 @@ r"""Integration of the covariance SDE, batched over paths, with its step error c
 
 The noise is the block's "cheap noise" (O(m^3) per step, no m^2 x m^2 square root). A chunk of
 paths is integrated as one system whose state holds every path's V (B, m, m); the steps are
-taken by a solver of ``shapedsde.schemes`` (the congruence form of Euler by default where the
-block allows it, else Euler-Maruyama), which keeps every path on the state space and freezes a
-path that blows up. The grid has ``per_save`` equal steps between consecutive saved times; the
-number of steps, T, V0 and the block's parameters are traced values, so a sweep over them, or
-the step control below, compiles once.
+taken by a solver of ``shapedsde.schemes`` (by default the congruence form of Euler where the
+block allows it and its attention is hot, else Euler-Maruyama), which keeps every path on the
+state space, refines the steps of paths whose cubic drift grows (``shapedsde.refinement``) and
+freezes a path that blows up. The grid has ``per_save`` equal steps between consecutive saved
+times; the number of steps, T, V0 and the block's parameters are traced values, so a sweep
+over them, or the step control below, compiles once.
 
 Step error (SPEC section 9). Every solve also integrates a subset of its paths (the first
 ``pilot_paths(n_paths)``) on the same Brownian path at twice the step (increments summed in
 pairs) or, when that grid does not reach the saved times, at half the step (Brownian bridge),
 and records the estimated error of the mean and quantiles of every rho_ab in
 ``Trajectories.config["step_error"]`` (``shapedsde.step_error``). With ``dt=None`` (default) the
-step is chosen by that estimate: the number of steps is doubled until the estimated error of
-the correlation statistics (and of the blow-up fraction) is at most ``tol``; the subset solved
-at the accepted step is kept as the first paths of the result.
+step is chosen by that estimate: the number of steps is doubled while the estimated error of
+some correlation statistic (or of the blow-up fraction) exceeds ``tol`` by more than its Monte
+Carlo error (``StepError.above``); the subset solved at the accepted step is kept as the first
+paths of the result, and every solve of the run uses one compiled shape.
 
 Randomness is per path: path i's increment on grid step k is a pure function of
 (``fold_in(key, i)``, k) (``shapedsde._random``), so a path does not depend on the chunk, the
