@@ -37,7 +37,7 @@ from .._qmc import logit_points
 from ..linalg import fused_matmul, lin, matmul, total
 from ..reduced import Scalar, gaussian_product, maybe_normalize, residual_gram, root, scalar_sqrt
 from ..validation import check_int, check_real
-from .base import Block, residual_output
+from .base import Block, WithoutSDE, residual_output
 
 
 def _check_heads(heads: object) -> float | int:
@@ -280,7 +280,7 @@ class ShapedAttention(_Attention):
         return out + self._attention_scale * (Y + Y.T)
 
 
-class StandardAttention(_Attention):
+class StandardAttention(WithoutSDE, _Attention):
     """Standard (unshaped) attention residual sub-block, A = softmax_row(S). Finite network
     only: its logits are not cooled with the width, so it has no covariance-SDE limit and
     collapses in rank with depth."""
@@ -288,10 +288,6 @@ class StandardAttention(_Attention):
     def __init__(self, gamma: float = 0.5, heads: int = 1, key_dim: int | None = None,
                  causal: bool = False):
         self._set_common(gamma, check_int("heads", heads, low=1), key_dim, causal)
-
-    @property
-    def has_sde(self) -> bool:
-        return False
 
     def attention_matrix(self, S: Array, mask: Array, width: int) -> Array:
         return jax.nn.softmax(jnp.where(mask, S, -jnp.inf), axis=1)
@@ -336,15 +332,3 @@ class StandardAttention(_Attention):
         M = jnp.mean(jax.lax.map(mean_mixing, P.reshape(N // chunk, chunk, m, m)), axis=0)
         return maybe_normalize(V + self.gamma**2 * ((M + M.T) / 2 - V), normalize)
 
-    @property
-    def n_noise(self) -> int:
-        raise self.no_sde_error()
-
-    def drift(self, V: Array) -> Array:
-        raise self.no_sde_error()
-
-    def diffusion_cov(self, V: Array) -> Array:
-        raise self.no_sde_error()
-
-    def noise_from(self, V: Array, N: Array) -> Array:
-        raise self.no_sde_error()

@@ -161,6 +161,29 @@ class Block(eqx.Module):
         return out
 
 
+class WithoutSDE:
+    """Mixin of the network-only baselines (standard attention, the standard ReLU MLP): they
+    have no covariance-SDE limit, so their SDE coefficients raise ``no_sde_error``. Put it
+    before ``Block`` in the bases."""
+
+    @property
+    def has_sde(self) -> bool:
+        return False
+
+    @property
+    def n_noise(self) -> int:
+        raise self.no_sde_error()
+
+    def drift(self, V: Array) -> Array:
+        raise self.no_sde_error()
+
+    def diffusion_cov(self, V: Array) -> Array:
+        raise self.no_sde_error()
+
+    def noise_from(self, V: Array, N: Array) -> Array:
+        raise self.no_sde_error()
+
+
 def _jsonable(v: Any) -> Any:
     if isinstance(v, (jax.Array, np.ndarray, np.generic)) and np.ndim(v) == 0:
         v = float(v)  # a parameter made traceable by traced_parameters

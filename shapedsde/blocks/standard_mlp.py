@@ -26,7 +26,7 @@ from jax import Array
 
 from ..reduced import Scalar, maybe_normalize, residual_gram, root
 from ..validation import check_real
-from .base import Block, NoSDELimitError, residual_output
+from .base import Block, NoSDELimitError, WithoutSDE, residual_output
 
 
 def arccos_kernel(V: Array) -> Array:
@@ -39,7 +39,7 @@ def arccos_kernel(V: Array) -> Array:
     return scale * (jnp.sqrt(jnp.clip(1.0 - rho * rho, 0.0)) + (math.pi - theta) * rho) / math.pi
 
 
-class StandardMLP(Block):
+class StandardMLP(WithoutSDE, Block):
     """Standard ReLU MLP residual sub-block with He scaling, phi(x) = sqrt(2) max(x, 0); hidden
     width equals the width. Finite network and infinite width only (no SDE limit)."""
 
@@ -79,25 +79,9 @@ class StandardMLP(Block):
         return maybe_normalize(V + self.gamma**2 * (arccos_kernel(V) - V), normalize)
 
     # -- no SDE limit --------------------------------------------------------------------
-    @property
-    def has_sde(self) -> bool:
-        return False
-
     def no_sde_error(self) -> NoSDELimitError:
         return NoSDELimitError(
             "StandardMLP has no covariance-SDE limit (its ReLU is not shaped towards the "
             "identity, so every layer moves V by O(1)): simulate it with simulate_network or "
             "nngp_kernel, or use ShapedMLP")
 
-    @property
-    def n_noise(self) -> int:
-        raise self.no_sde_error()
-
-    def drift(self, V: Array) -> Array:
-        raise self.no_sde_error()
-
-    def diffusion_cov(self, V: Array) -> Array:
-        raise self.no_sde_error()
-
-    def noise_from(self, V: Array, N: Array) -> Array:
-        raise self.no_sde_error()
