@@ -57,7 +57,7 @@ from .schemes import (
     onto_state_space,
     supports_congruence,
 )
-from .step_error import StepError, estimate
+from .step_error import estimate
 from .trajectories import Trajectories
 from .validation import (
     check_covariance,
@@ -167,40 +167,20 @@ def pilot_paths(n_paths: int) -> int:
 
 
 class _CoupledSolves:
-    """The first paths of a run solved at one step and again at twice (or half) the step on
-    the same Brownian path, and the step error they show."""
+    """The first ``n`` paths of a run solved at the run's step and again at twice (or, when the
+    grid cannot be halved, half) the step on the same Brownian path, and the step error they
+    show."""
 
-    def __init__(self, problem: _Problem, first: int, per_save: int, interval: float,
+    def __init__(self, problem: _Problem, first: int, n: int, per_save: int, interval: float,
                  order: int, normalize: str | None):
-        self.problem, self.first, self.per_save = problem, first, per_save
-        self.interval, self.order, self.normalize = interval, order, normalize
-        self.coarse = per_save % 2 == 0  # else the Brownian bridge at half the step
-        self.solves: list[tuple[np.ndarray, ...]] = []
-        self.others: list[tuple[np.ndarray, ...]] = []
-
-    @property
-    def n(self) -> int:
-        return sum(part[0].shape[0] for part in self.solves)
-
-    def grow(self, n: int) -> None:
-        """Solve paths first + self.n, ..., first + n - 1 at both steps."""
-        start, count = self.first + self.n, n - self.n
-        self.solves.append(self.problem.solve(start, count, self.per_save, BASE, False))
-        self.others.append(
-            self.problem.solve(start, count, self.per_save // 2, COARSE, False) if self.coarse
-            else self.problem.solve(start, count, 2 * self.per_save, FINE, False))
-
-    def paths(self) -> tuple[np.ndarray, ...]:
-        """V, explosion times and repairs of the paths solved at the run's step."""
-        return tuple(np.concatenate(parts) for parts in zip(*self.solves, strict=True))
-
-    def error(self) -> StepError:
-        V, t_exp, _ = self.paths()
-        V_other, t_other = (np.concatenate([o[k] for o in self.others]) for k in (0, 1))
-        return estimate(V, t_exp >= 0, V_other, t_other >= 0,
-                        dt=self.interval / self.per_save,
-                        relation="coarse" if self.coarse else "fine", order=self.order,
-                        normalize=self.normalize)
+        self.n, self.coarse = n, per_save % 2 == 0
+        self.paths = problem.solve(first, n, per_save, BASE, False)
+        other = problem.solve(first, n, per_save // 2, COARSE, False) if self.coarse \
+            else problem.solve(first, n, 2 * per_save, FINE, False)
+        self.error = estimate(self.paths[0], self.paths[1] >= 0, other[0], other[1] >= 0,
+                              dt=interval / per_save,
+                              relation="coarse" if self.coarse else "fine", order=order,
+                              normalize=normalize)
 
 
 def attention_heat(config: dict) -> float:
@@ -312,9 +292,9 @@ def solve_sde(block: Block, V0: object, T: float, *, key: Array, dt: float | Non
     order = SOLVERS[solver].weak_order
 
     while True:
-        pilot = _CoupledSolves(problem, first_path, per_save, interval, order, normalize)
-        pilot.grow(pilot_paths(n_paths))
-        err = pilot.error()
+        pilot = _CoupledSolves(problem, first_path, pilot_paths(n_paths), per_save, interval,
+                               order, normalize)
+        err = pilot.error
         if dt is not None or not err.above(tol):
             break
         if interval / (2 * per_save) < MIN_DT or 2 * per_save * (n_save - 1) > MAX_STEPS:
@@ -324,7 +304,7 @@ def solve_sde(block: Block, V0: object, T: float, *, key: Array, dt: float | Non
                           "(config['step_error'])", RuntimeWarning, stacklevel=2)
             break
         per_save *= 2
-    done = pilot.paths()
+    done = pilot.paths
     rest = problem.solve(first_path + pilot.n, n_paths - pilot.n, per_save, BASE, progress) \
         if n_paths > pilot.n else None
     Vs, t_exp, repairs = done if rest is None else (
