@@ -117,16 +117,6 @@ def paired_shifts(x: NDArray, y: NDArray) -> tuple[NDArray, NDArray]:
     return terms_.mean(axis=0), terms_.std(axis=0) / np.sqrt(max(n, 1))
 
 
-def rho_statistics(V: NDArray[np.floating], exploded: NDArray[np.bool_]) -> NDArray[np.float64]:
-    """Mean and quantiles of every rho_ab (a < b) at every saved time over the paths that did
-    not blow up: shape (times, pairs, 1 + len(QUANTILES)) (zeros if every path blew up)."""
-    rho = _pair_correlations(V[~exploded])
-    if rho.shape[0] == 0:
-        return np.zeros(rho.shape[1:] + (1 + len(QUANTILES),))
-    return np.concatenate([rho.mean(axis=0)[..., None],
-                           np.moveaxis(np.quantile(rho, QUANTILES, axis=0), 0, -1)], axis=-1)
-
-
 def estimate(V: NDArray, exploded: NDArray[np.bool_], V_other: NDArray,
              exploded_other: NDArray[np.bool_], *, dt: float,
              relation: Literal["coarse", "fine"], order: int,

@@ -205,3 +205,24 @@ def test_default_step_is_accurate_in_hot_settings_with_more_tokens(case):
     assert np.all(excess <= 0), (per_save, excess.max())
     if case.startswith("attention"):
         assert np.any(_coupled_law_error(block, V0, 256, "euler") > 0)
+
+
+def test_refinement_bridge_is_consistent_across_depths():
+    """The substep increments of a refined step are a Brownian bridge of the step's increment:
+    they sum to it, and the increments at depth 3 are those at depth 5 summed in blocks of 4,
+    so a path's substeps do not depend on the depth its group is built to. Their spread at
+    each level is that of Brownian increments (variance = substep length)."""
+    import jax.numpy as jnp
+
+    from shapedsde.refinement import _bridge_cumulative
+
+    words = jnp.array([3, 7], jnp.uint32)
+    dW = jnp.full((2, 2, 2), 0.3, jnp.float32)
+    h = jnp.float32(1.0)
+    c3 = np.asarray(_bridge_cumulative(words, dW, step=jnp.uint32(5), h=h, depth=3))
+    c5 = np.asarray(_bridge_cumulative(words, dW, step=jnp.uint32(5), h=h, depth=5))
+    np.testing.assert_allclose(c3[8], dW, atol=1e-6)
+    np.testing.assert_allclose(c5[32], dW, atol=1e-6)
+    np.testing.assert_allclose(c3[:9], c5[:33:4], atol=1e-5)
+    fine = np.diff(c5[:33], axis=0)  # 32 increments of length 1/32, given their sum 0.3
+    assert 0.5 < np.var(fine - 0.3 / 32) * 32 < 1.5
