@@ -64,7 +64,7 @@ from jax.sharding import PartitionSpec as P  # noqa: E402
 from network_cost import machine  # noqa: E402
 
 import shapedsde as sd  # noqa: E402
-from shapedsde.schemes import standard_normal_matrices  # noqa: E402
+from shapedsde.brownian import standard_normal_matrices  # noqa: E402
 
 GAMMA, TAU0, T, DT = 0.5, 1.0, 1.0, 2.0**-8
 MS = (4, 8, 16, 32)

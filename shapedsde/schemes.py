@@ -34,25 +34,13 @@ import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import Array
 
-from ._random import standard_normal
 from .blocks.base import Block
+from .brownian import Increments
 from .linalg import matmul, mirror_lower, psd_parts, semidefinite_cholesky
 from .normalize import ito_drift, ito_noise, rms
-from .refinement import refine
-
-BRIDGE_STREAMS = 2**31
-"""Counter offset of the Brownian-bridge normals (``Increments`` in mode FINE); grid steps stay
-below 2^31."""
-
-BASE, FINE, COARSE = 0, 1, 2
-"""How a solve's increments derive from the base grid's normals z_k (stream k of the path), by
-``mode``: BASE (0), step k: sqrt(h) z_k; FINE (1, step h / 2): the Brownian bridge of the base
-increment, sqrt(h) z_k / 2 +- sqrt(h) / 2 z'_k; r >= 2 (COARSE = 2, step r h): the sum
-sqrt(h) (z_{rk} + ... + z_{rk+r-1}) of r base increments. So the solves of every mode share
-one Brownian path (``benchmarks/weak_convergence.py`` couples a whole ladder of steps)."""
+from .refinement import may_need_refinement, refine
 
 
 class SDEState(NamedTuple):
@@ -85,51 +73,6 @@ class CovarianceSDE(eqx.Module):
         if self.normalize == "rms" and self.scheme == "ito":
             return ito_noise(rms, y.V, dV)
         return dV
-
-
-def standard_normal_matrices(words: Array, stream: Array, n: int, m: int,
-                             dtype: jnp.dtype) -> Array:
-    """The n iid standard normal m x m matrices (B, n, m, m) of ``stream`` for paths with
-    Threefry keys ``words`` (B, 2). Drawn in the (m, n, m) layout that
-    ``linalg.congruence`` multiplies, so its transposes and this one cancel."""
-    z = jax.vmap(lambda w: standard_normal(w, stream, n * m * m, dtype))(words)
-    return jnp.moveaxis(z.reshape(-1, m, n, m), 2, 1)
-
-
-class Increments(eqx.Module):
-    """Brownian increments (B, n_noise, m, m) of a batch of paths: a pure function of (path key,
-    step index, step size, mode), so a path does not depend on the batch it is solved in."""
-
-    words: Array  # (B, 2) uint32 Threefry keys of the paths
-    n: int = eqx.field(static=True)
-    m: int = eqx.field(static=True)
-    dtype: str = eqx.field(static=True)
-
-    def __call__(self, step: Array, h: Array, mode: Array) -> Array:
-        """Increment of the step ``step`` (of size h) on the grid of ``mode`` (a traced scalar:
-        one compiled solve serves every mode)."""
-        step = step.astype(jnp.uint32)
-
-        def draw(stream: Array) -> Array:
-            return standard_normal_matrices(self.words, stream, self.n, self.m, self.dtype)
-
-        def base() -> Array:
-            return jnp.sqrt(h) * draw(step)
-
-        def fine() -> Array:
-            sign = 1.0 - 2.0 * (step % 2).astype(h.dtype)  # first or second half
-            base_step = step // 2
-            return jnp.sqrt(0.5 * h) * (draw(base_step)
-                                        + sign * draw(base_step + np.uint32(BRIDGE_STREAMS)))
-
-        def coarse() -> Array:
-            r = mode.astype(jnp.uint32)
-            zero = jnp.zeros((self.words.shape[0], self.n, self.m, self.m), self.dtype)
-            total = jax.lax.fori_loop(np.uint32(0), r, lambda i, acc: acc + draw(r * step + i),
-                                      zero)
-            return jnp.sqrt(h / r.astype(h.dtype)) * total
-
-        return jax.lax.switch(jnp.minimum(mode, COARSE), (base, fine, coarse))
 
 
 class _NoiseTerm(diffrax.AbstractTerm):
@@ -176,7 +119,7 @@ class _GuardedSolver(diffrax.AbstractSolver):
 
     sde: CovarianceSDE
     bound: Array  # blow-up threshold on max_a V_aa
-    calm: Array  # only paths with max_a V_aa above this may need refinement (sde.calm_scale)
+    calm: Array  # only paths with max_a V_aa above this may need refinement (refinement.calm_scale)
     weak_order: ClassVar[int] = 1
     term_structure: ClassVar = diffrax.MultiTerm[tuple[diffrax.AbstractTerm,
                                                        diffrax.AbstractTerm]]
@@ -188,8 +131,13 @@ class _GuardedSolver(diffrax.AbstractSolver):
     def strong_order(self, terms) -> float:
         return 0.5
 
-    def init(self, terms, t0, t1, y0, args):
-        return None
+    def init(self, terms, t0, t1, y0: SDEState, args) -> Array | None:
+        """Solver state: whether some path may need refinement in the next step (None with
+        normalisation). Carried from step to step.)"""
+        return None if self.sde.normalize is not None else self._any_grown(y0)
+
+    def _any_grown(self, y: SDEState) -> Array:
+        return jnp.any(may_need_refinement(y, self.calm))
 
     def func(self, terms, t0, y0, args):
         return terms.vf(t0, y0, args)
@@ -222,18 +170,32 @@ class _GuardedSolver(diffrax.AbstractSolver):
             repairs=y0.repairs + (keep & repaired).astype(y0.repairs.dtype),
         )
 
+    def plain_step(self, terms, t0: Array, t1: Array, y0: SDEState,
+                   args: Array) -> tuple[SDEState, Array | None]:
+        """One step of every path without refinement, and the next solver state."""
+        y1 = self.advance(terms, y0, t0, t1, terms.terms[1].contr(t0, t1, step=args))
+        return y1, None if self.sde.normalize is not None else self._any_grown(y1)
+
+    def refined_step(self, terms, t0: Array, t1: Array, y0: SDEState,
+                     args: Array) -> tuple[SDEState, Array]:
+        """One step of every path; paths whose drift is fast for their state are stepped again
+        in 2^k(V) substeps on the grid's Brownian path (``refinement.refine``)."""
+        y1, _ = self.plain_step(terms, t0, t1, y0, args)
+        y1 = refine(self, terms, y0, y1, t0, t1, args)
+        return y1, self._any_grown(y1)
+
     def step(self, terms, t0, t1, y0: SDEState, args, solver_state, made_jump):
-        """One step of every path of the batch; ``args`` is the step's index on its grid.
-        Without normalisation, paths whose drift would change V by more than
-        ``refinement.MAX_CHANGE`` in the step are stepped again in 2^k substeps on the Brownian
-        bridge of their increment (``refinement.refine``)."""
-        del solver_state, made_jump
-        noise_term = terms.terms[1]
-        dW = noise_term.contr(t0, t1, step=args)
-        y1 = self.advance(terms, y0, t0, t1, dW)
-        if self.sde.normalize is None:  # the normalised SDE cannot blow up
-            y1 = refine(self, terms, y0, y1, t0, t1, dW, noise_term.increments, args)
-        return y1, None, dict(y0=y0, y1=y1), None, diffrax.RESULTS.successful
+        """One step of every path of the batch; ``args`` is the step's index on its grid. The
+        refined step where ``solver_state`` (from ``init`` or the previous step) says some
+        path may need it, else the plain one."""
+        del made_jump
+        if self.sde.normalize is not None:  # the normalised SDE cannot blow up
+            y1, solver_state = self.plain_step(terms, t0, t1, y0, args)
+        else:
+            y1, solver_state = jax.lax.cond(
+                solver_state, lambda: self.refined_step(terms, t0, t1, y0, args),
+                lambda: self.plain_step(terms, t0, t1, y0, args))
+        return y1, None, dict(y0=y0, y1=y1), solver_state, diffrax.RESULTS.successful
 
 
 class GuardedEuler(_GuardedSolver):

@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -43,15 +44,12 @@ from ._batching import key_record, over_devices, padded_chunk_size, run_chunked
 from ._precision import resolve_dtype
 from ._random import path_key_words
 from .blocks.base import Block, traced_parameters
+from .brownian import BASE, COARSE, FINE, Increments
 from .linalg import mirror_lower, sym
-from .refinement import MAX_CHANGE
+from .refinement import calm_scale
 from .schemes import (
-    BASE,
-    COARSE,
-    FINE,
     SOLVERS,
     CovarianceSDE,
-    Increments,
     SDEState,
     make_terms,
     onto_state_space,
@@ -94,37 +92,30 @@ def initial_state(V0: Array, n_paths: int, normalize: str | None) -> SDEState:
 def _solve_batch(sde: CovarianceSDE, solver: str, words: Array, V0: Array, save_ts: Array,
                  per_save: Array, bound: Array, mode: Array) -> tuple[Array, Array, Array]:
     """Integrate the paths of keys ``words`` (B, 2) as one system: ``per_save`` steps between
-    consecutive saved times, increments of grid ``mode`` (``schemes.BASE``/COARSE/FINE)."""
+    consecutive saved times, increments of grid ``mode`` (``brownian.BASE``/COARSE/FINE)."""
     terms = make_terms(sde, Increments(words, sde.block.n_noise, sde.m, sde.dtype), mode)
-    step_solver = SOLVERS[solver](sde, bound, calm_scale(sde, V0, save_ts, per_save))
+    step_solver = SOLVERS[solver](sde, bound, calm_scale(sde.block.drift, V0))
 
-    def interval(y: SDEState, i: Array) -> tuple[SDEState, Array]:
+    def interval(carry: tuple[SDEState, Any], i: Array) -> tuple[tuple[SDEState, Any], Array]:
         t_start = save_ts[i]
         h = (save_ts[i + 1] - t_start) / per_save.astype(save_ts.dtype)
 
-        def one_step(j: Array, y: SDEState) -> SDEState:
+        def one_step(j: Array, carry: tuple[SDEState, Any]) -> tuple[SDEState, Any]:
+            y, state = carry
             t0 = t_start + j.astype(h.dtype) * h
             t1 = jnp.where(j + 1 == per_save, save_ts[i + 1], t0 + h)
-            return step_solver.step(terms, t0, t1, y, i * per_save + j, None, False)[0]
+            y, _, _, state, _ = step_solver.step(terms, t0, t1, y, i * per_save + j, state,
+                                                 False)
+            return y, state
 
-        y = jax.lax.fori_loop(0, per_save, one_step, y)
-        return y, mirror_lower(y.V)
+        carry = jax.lax.fori_loop(0, per_save, one_step, carry)
+        return carry, mirror_lower(carry[0].V)
 
     y0 = initial_state(V0, words.shape[0], sde.normalize)
-    y, Vs = jax.lax.scan(interval, y0, jnp.arange(save_ts.shape[0] - 1))
+    first = step_solver.init(terms, save_ts[0], save_ts[-1], y0, None)
+    (y, _), Vs = jax.lax.scan(interval, (y0, first), jnp.arange(save_ts.shape[0] - 1))
     Vs = jnp.concatenate([mirror_lower(y0.V)[None], Vs])
     return jnp.swapaxes(Vs, 0, 1), y.t_explode, y.repairs
-
-
-def calm_scale(sde: CovarianceSDE, V0: Array, save_ts: Array, per_save: Array) -> Array:
-    """Largest variance below which no path needs refinement (``shapedsde.refinement``):
-    max diag V0 times max(2, sqrt(MAX_CHANGE / (r0 h))), r0 the drift's relative rate at V0
-    and h the base step, assuming that rate grows at most like |V|^2 (the cubic attention
-    drift; the MLP's is bounded). The batch then skips the drift evaluation of the check."""
-    scale = jnp.max(jnp.diagonal(V0))
-    r0 = jnp.max(jnp.abs(sde.block.drift(V0))) / scale
-    h = (save_ts[1] - save_ts[0]) / per_save.astype(save_ts.dtype)
-    return scale * jnp.maximum(2.0, jnp.sqrt(MAX_CHANGE / jnp.maximum(r0 * h, 1e-30)))
 
 
 @eqx.filter_jit

@@ -41,6 +41,20 @@ def test_path_does_not_depend_on_batch_or_chunk_size(normalize):
     np.testing.assert_allclose(small.V, big.V[:3], rtol=1e-6, atol=1e-6)
 
 
+def test_refined_paths_do_not_depend_on_their_batch():
+    """Hot un-normalised attention, where many paths are refined in groups: a path's result
+    (its state and its explosion time) is the same in batches of 8 and of 256, though its
+    refinement group holds other paths (a group's depth once cut the substeps of its paths)."""
+    hot = sd.ShapedAttention(tau0=0.3, gamma=0.9)
+    kw = dict(T=2.0, dt=1 / 64, n_save=2, n_paths=256, solver="congruence", progress=False)
+    big = sd.solve_sde(hot, np.eye(2), key=jax.random.key(2), **kw)
+    small = sd.solve_sde(hot, np.eye(2), key=jax.random.key(2), chunk_size=8, **kw)
+    assert 0.02 < big.exploded_fraction < 0.5  # refinement was at work
+    np.testing.assert_array_equal(small.exploded, big.exploded)
+    np.testing.assert_allclose(small.explosion_time, big.explosion_time)
+    np.testing.assert_allclose(small.V, big.V, rtol=1e-6, atol=1e-6)
+
+
 def test_first_path_continues_the_same_run():
     """Paths first_path, ... of a call are those paths of a larger call (to split runs)."""
     whole = sd.solve_sde(BLOCK, V0, key=jax.random.key(5), n_paths=7, **KW)

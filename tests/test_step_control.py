@@ -55,7 +55,8 @@ def test_coarse_fine_and_base_grids_share_one_brownian_path():
     import jax.numpy as jnp
 
     from shapedsde.blocks.base import traced_parameters
-    from shapedsde.schemes import BASE, COARSE, FINE, CovarianceSDE
+    from shapedsde.brownian import BASE, COARSE, FINE
+    from shapedsde.schemes import CovarianceSDE
     from shapedsde.sde import _Problem
 
     m = 3
@@ -207,22 +208,71 @@ def test_default_step_is_accurate_in_hot_settings_with_more_tokens(case):
         assert np.any(_coupled_law_error(block, V0, 256, "euler") > 0)
 
 
-def test_refinement_bridge_is_consistent_across_depths():
-    """The substep increments of a refined step are a Brownian bridge of the step's increment:
-    they sum to it, and the increments at depth 3 are those at depth 5 summed in blocks of 4,
-    so a path's substeps do not depend on the depth its group is built to. Their spread at
-    each level is that of Brownian increments (variance = substep length)."""
+def test_substep_increments_are_one_brownian_path_on_every_grid():
+    """``Increments.substeps`` (the refinement's substeps) reads one Brownian path: a step's
+    substeps sum to its increment on every grid mode; depth 3 is depth 5 summed in blocks of 4
+    (a path's substeps do not depend on the depth its group is read to); the substeps of the
+    two FINE halves of a base step, and of a COARSE step, are those of the base steps they
+    cover. Their spread is that of Brownian increments (variance = substep length). The
+    old refinement drew its bridge per grid step, so coupled solves at dt and 2 dt were
+    refined on different paths."""
     import jax.numpy as jnp
 
-    from shapedsde.refinement import _bridge_cumulative
+    from shapedsde.brownian import BASE, COARSE, FINE, Increments
 
-    words = jnp.array([3, 7], jnp.uint32)
-    dW = jnp.full((2, 2, 2), 0.3, jnp.float32)
-    h = jnp.float32(1.0)
-    c3 = np.asarray(_bridge_cumulative(words, dW, step=jnp.uint32(5), h=h, depth=3))
-    c5 = np.asarray(_bridge_cumulative(words, dW, step=jnp.uint32(5), h=h, depth=5))
-    np.testing.assert_allclose(c3[8], dW, atol=1e-6)
-    np.testing.assert_allclose(c5[32], dW, atol=1e-6)
-    np.testing.assert_allclose(c3[:9], c5[:33:4], atol=1e-5)
-    fine = np.diff(c5[:33], axis=0)  # 32 increments of length 1/32, given their sum 0.3
-    assert 0.5 < np.var(fine - 0.3 / 32) * 32 < 1.5
+    words = jnp.array([[3, 7], [11, 5]], jnp.uint32)
+    inc = Increments(words, 2, 2, "float32")
+    h = jnp.float32(0.5)
+
+    substeps = jax.jit(lambda *args: inc.substeps(*args), static_argnums=3)
+
+    def sub(step: int, size: float, mode: int, depth: int) -> np.ndarray:
+        return np.asarray(substeps(jnp.uint32(step), jnp.float32(size), jnp.int32(mode), depth))
+
+    for step, size, mode in [(5, h, BASE), (10, h / 2, FINE), (11, h / 2, FINE),
+                             (2, 2 * h, COARSE), (1, 4 * h, 4)]:
+        total = np.asarray(inc(jnp.uint32(step), jnp.float32(size), jnp.int32(mode)))
+        for depth in (1, 3, 5):
+            np.testing.assert_allclose(sub(step, size, mode, depth).sum(axis=1), total,
+                                       atol=2e-5)
+        np.testing.assert_allclose(sub(step, size, mode, 3),
+                                   sub(step, size, mode, 5).reshape(2, 8, 4, 2, 2, 2).sum(2),
+                                   atol=2e-5)
+    halves = np.concatenate([sub(10, h / 2, FINE, 3), sub(11, h / 2, FINE, 3)], axis=1)
+    np.testing.assert_allclose(halves, sub(5, h, BASE, 4), atol=1e-6)
+    pair = np.concatenate([sub(4, h, BASE, 3), sub(5, h, BASE, 3)], axis=1)
+    np.testing.assert_allclose(sub(2, 2 * h, COARSE, 4), pair, atol=1e-6)
+    fine = sub(5, h, BASE, 5)  # 32 increments of length h / 32 per path, given their sum
+    spread = np.var(fine - fine.mean(axis=1, keepdims=True)) * 32 / float(h) * 32 / 31
+    assert 0.8 < spread < 1.2, spread
+
+
+@pytest.mark.slow
+def test_crossing_fraction_converges_in_dt_on_one_brownian_path():
+    """Figure 7's setting (hot attention, V0 = I, no normalisation, bound 1000, T = 2), 2000
+    paths solved at dt = 1/128, 1/512 and 1/2048 on one Brownian path, the refinement's
+    substeps included: the crossing fraction at 1/512 is within one point (+ 3 paired SE) of
+    that at 1/2048, and its change shrinks at least twofold per fourfold smaller step. With
+    the refinement's substeps bounded independently of dt (and drawn per grid step) the hot
+    paths' error did not shrink with dt: 1/512 was 1.5 points from 1/2048 (4000 paths)."""
+    import jax.numpy as jnp
+
+    from shapedsde.blocks.base import traced_parameters
+    from shapedsde.schemes import CovarianceSDE
+    from shapedsde.sde import _Problem
+
+    sde = CovarianceSDE(traced_parameters(HOT, jnp.float32), None, "project", 2, "float32")
+    problem = _Problem(sde, "congruence", jax.random.key(3), jnp.eye(2, dtype=jnp.float32),
+                       jnp.asarray([0.0, 2.0], jnp.float32), jnp.float32(1e3), 1024)
+    n, fine = 2000, 4096  # steps over T = 2 at dt = 1/2048
+    crossed = {r: problem.solve(0, n, fine // r, r if r > 1 else 0, False)[1] >= 0
+               for r in (16, 4, 1)}
+
+    def change(r_coarse: int, r_fine: int) -> tuple[float, float]:
+        d = crossed[r_coarse].astype(float) - crossed[r_fine]
+        return d.mean(), d.std() / np.sqrt(n)
+
+    near, near_se = change(4, 1)
+    far, far_se = change(16, 4)
+    assert abs(near) <= 0.01 + 3 * near_se, (near, near_se)
+    assert abs(near) <= far / 2 + 3 * np.hypot(near_se, far_se / 2), (near, far)
