@@ -170,31 +170,20 @@ class _GuardedSolver(diffrax.AbstractSolver):
             repairs=y0.repairs + (keep & repaired).astype(y0.repairs.dtype),
         )
 
-    def plain_step(self, terms, t0: Array, t1: Array, y0: SDEState,
-                   args: Array) -> tuple[SDEState, Array | None]:
-        """One step of every path without refinement, and the next solver state."""
-        y1 = self.advance(terms, y0, t0, t1, terms.terms[1].contr(t0, t1, step=args))
-        return y1, None if self.sde.normalize is not None else self._any_grown(y1)
-
-    def refined_step(self, terms, t0: Array, t1: Array, y0: SDEState,
-                     args: Array) -> tuple[SDEState, Array]:
-        """One step of every path; paths whose drift is fast for their state are stepped again
-        in 2^k(V) substeps on the grid's Brownian path (``refinement.refine``)."""
-        y1, _ = self.plain_step(terms, t0, t1, y0, args)
-        y1 = refine(self, terms, y0, y1, t0, t1, args)
-        return y1, self._any_grown(y1)
-
     def step(self, terms, t0, t1, y0: SDEState, args, solver_state, made_jump):
-        """One step of every path of the batch; ``args`` is the step's index on its grid. The
-        refined step where ``solver_state`` (from ``init`` or the previous step) says some
-        path may need it, else the plain one."""
+        """One step of every path of the batch; ``args`` is the step's index on its grid.
+        Without normalisation, where ``solver_state`` (from ``init`` or the previous step) says
+        some path may need it, paths whose drift is fast for their state are stepped again in
+        2^k(V) substeps on the grid's Brownian path (``refinement.refine``)."""
         del made_jump
-        if self.sde.normalize is not None:  # the normalised SDE cannot blow up
-            y1, solver_state = self.plain_step(terms, t0, t1, y0, args)
-        else:
-            y1, solver_state = jax.lax.cond(
-                solver_state, lambda: self.refined_step(terms, t0, t1, y0, args),
-                lambda: self.plain_step(terms, t0, t1, y0, args))
+        y1 = self.advance(terms, y0, t0, t1, terms.terms[1].contr(t0, t1, step=args))
+        if self.sde.normalize is None:  # the normalised SDE cannot blow up
+            def refined() -> tuple[SDEState, Array]:
+                y = refine(self, terms, y0, y1, t0, t1, args)
+                return y, self._any_grown(y)
+
+            plain = self._any_grown(y1)  # outside the cond: fused with the step
+            y1, solver_state = jax.lax.cond(solver_state, refined, lambda: (y1, plain))
         return y1, None, dict(y0=y0, y1=y1), solver_state, diffrax.RESULTS.successful
 
 

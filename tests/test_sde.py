@@ -43,10 +43,10 @@ def test_path_does_not_depend_on_batch_or_chunk_size(normalize):
 
 def test_refined_paths_do_not_depend_on_their_batch():
     """Hot un-normalised attention, where many paths are refined in groups: a path's result
-    (its state and its explosion time) is the same in batches of 8 and of 256, though its
+    (its state and its explosion time) is the same in batches of 8 and of 128, though its
     refinement group holds other paths (a group's depth once cut the substeps of its paths)."""
     hot = sd.ShapedAttention(tau0=0.3, gamma=0.9)
-    kw = dict(T=2.0, dt=1 / 64, n_save=2, n_paths=256, solver="congruence", progress=False)
+    kw = dict(T=2.0, dt=1 / 64, n_save=2, n_paths=128, solver="congruence", progress=False)
     big = sd.solve_sde(hot, np.eye(2), key=jax.random.key(2), **kw)
     small = sd.solve_sde(hot, np.eye(2), key=jax.random.key(2), chunk_size=8, **kw)
     assert 0.02 < big.exploded_fraction < 0.5  # refinement was at work
