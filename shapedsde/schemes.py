@@ -133,7 +133,7 @@ class _GuardedSolver(diffrax.AbstractSolver):
 
     def init(self, terms, t0, t1, y0: SDEState, args) -> Array | None:
         """Solver state: whether some path may need refinement in the next step (None with
-        normalisation). Carried from step to step.)"""
+        normalisation), carried from step to step."""
         return None if self.sde.normalize is not None else self._any_grown(y0)
 
     def _any_grown(self, y: SDEState) -> Array:
@@ -182,7 +182,7 @@ class _GuardedSolver(diffrax.AbstractSolver):
                 y = refine(self, terms, y0, y1, t0, t1, args)
                 return y, self._any_grown(y)
 
-            plain = self._any_grown(y1)  # outside the cond: fused with the step
+            plain = self._any_grown(y1)  # computed outside the cond, with the step
             y1, solver_state = jax.lax.cond(solver_state, refined, lambda: (y1, plain))
         return y1, None, dict(y0=y0, y1=y1), solver_state, diffrax.RESULTS.successful
 
