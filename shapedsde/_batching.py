@@ -10,6 +10,7 @@ compilation serves every chunk, and every number of paths up to the same power o
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +22,25 @@ from tqdm.auto import tqdm
 PATHS = "paths"
 MIN_BUCKET = 8
 """Smallest padded chunk: runs of 1 to 8 paths share one compilation."""
+
+
+def in_groups(priority: Array, size: int,
+              body: Callable[[Array, Array, Any], tuple[Any, Array]], carry: Any) -> Any:
+    """Apply ``body(idx, todo, carry) -> (carry, done)`` to groups of at most ``size`` of the
+    paths of a batch with ``priority`` (B,) > 0, highest first, until none is left (a
+    ``while_loop``): the work of a rare kind of path (PSD repairs, refinement) then costs in
+    proportion to those paths, not to the batch. ``idx`` may hold paths with priority 0 when
+    fewer are left (``todo`` marks the others); ``done`` (within ``idx``) must include the
+    first path, which has the highest priority."""
+    size = min(size, priority.shape[0])
+
+    def step(state: tuple[Any, Array]) -> tuple[Any, Array]:
+        carry, priority = state
+        idx = jax.lax.top_k(priority, size)[1]
+        carry, done = body(idx, priority[idx] > 0, carry)
+        return carry, priority.at[idx].set(jnp.where(done, 0, priority[idx]))
+
+    return jax.lax.while_loop(lambda state: jnp.any(state[1] > 0), step, (carry, priority))[0]
 
 
 def local_mesh() -> Mesh:

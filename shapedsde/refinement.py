@@ -25,8 +25,8 @@ level the path overshoots and is flagged; there log |V| drifts upward so strongl
 itself escapes to the bound with probability close to one.
 
 Hot paths are few: their levels are computed in groups (only they cost a drift evaluation),
-then paths of equal depth are refined together in groups of ``GROUP`` (``while_loop``s until
-none is left, as for the PSD repairs), their increments read to that depth (a ``switch``).
+then paths of equal depth are refined together in groups of ``GROUP`` (``_batching.in_groups``,
+as the PSD repairs), their increments read to that depth (a ``switch``).
 A path's result therefore depends on that path alone (its state and its Brownian path), not
 on the batch or the group it is refined in (tested to rounding, ``tests/test_sde.py``).
 """
@@ -42,6 +42,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
+from ._batching import in_groups
 from .linalg import mirror_lower
 
 MAX_CHANGE = 0.01
@@ -125,17 +126,13 @@ def may_need_refinement(y: Any, calm: Array) -> Array:
 def _levels_of(block: Any, V: Array, grown: Array) -> Array:
     """``levels`` (B,) of the ``grown`` paths of the batch (0 elsewhere), their drifts evaluated
     in groups of 4 GROUP: only those paths cost a drift evaluation."""
-    size = min(4 * GROUP, V.shape[0])
 
-    def chunk(state: tuple[Array, Array]) -> tuple[Array, Array]:
-        level, left = state
-        idx = jax.lax.top_k(left.astype(jnp.int32), size)[1]
+    def chunk(idx: Array, todo: Array, level: Array) -> tuple[Array, Array]:
         rate = jax.vmap(functools.partial(_rate, block))(mirror_lower(V[idx]))
-        return (level.at[idx].set(jnp.where(left[idx], levels(rate), level[idx])),
-                left.at[idx].set(False))
+        return level.at[idx].set(jnp.where(todo, levels(rate), level[idx])), todo
 
-    start = (jnp.zeros(grown.shape, jnp.int32), grown)
-    return jax.lax.while_loop(lambda s: jnp.any(s[1]), chunk, start)[0]
+    return in_groups(grown.astype(jnp.int32), 4 * GROUP, chunk,
+                     jnp.zeros(grown.shape, jnp.int32))
 
 
 def refine(solver: Any, terms: Any, y0: Any, y1: Any, t0: Array, t1: Array, step: Array) -> Any:
@@ -149,12 +146,9 @@ def refine(solver: Any, terms: Any, y0: Any, y1: Any, t0: Array, t1: Array, step
     level = _levels_of(solver.sde.block, y0.V, grown)
     cap = jnp.minimum(level + HEADROOM, MAX_LEVEL)
 
-    def group(state: tuple[Any, Array]) -> tuple[Any, Array]:
-        y1, need = state
-        depth = jnp.max(jnp.where(need, cap, 1))
-        members = need & (cap == depth)
-        idx = jax.lax.top_k(members.astype(jnp.int32), min(GROUP, need.shape[0]))[1]
-        todo = members[idx]
+    def group(idx: Array, todo: Array, y1: Any) -> tuple[Any, Array]:
+        depth = cap[idx[0]]  # the deepest level left: the group's paths of that depth
+        members = todo & (cap[idx] == depth)
         paths = eqx.tree_at(lambda inc: inc.words, noise.increments, noise.increments.words[idx])
         readers = [functools.partial(_padded_substeps, paths, step, t1 - t0, noise.mode, d)
                    for d in range(1, MAX_LEVEL + 1)]
@@ -164,10 +158,10 @@ def refine(solver: Any, terms: Any, y0: Any, y1: Any, t0: Array, t1: Array, step
             part, increments)
 
         def put(whole: Array, new: Array) -> Array:
-            keep = todo.reshape((-1,) + (1,) * (new.ndim - 1))
+            keep = members.reshape((-1,) + (1,) * (new.ndim - 1))
             return whole.at[idx].set(jnp.where(keep, new, whole[idx]))
 
-        return jax.tree_util.tree_map(put, y1, redone), need.at[idx].set(need[idx] & ~todo)
+        return jax.tree_util.tree_map(put, y1, redone), members
 
-    need = grown & (level > 0)
-    return jax.lax.while_loop(lambda s: jnp.any(s[1]), group, (y1, need))[0]
+    deepest_first = jnp.where(grown & (level > 0), cap + 1, 0)
+    return in_groups(deepest_first, GROUP, group, y1)

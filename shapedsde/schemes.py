@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
+from ._batching import in_groups
 from .blocks.base import Block
 from .brownian import Increments
 from .linalg import matmul, mirror_lower, psd_parts, semidefinite_cholesky
@@ -253,10 +254,9 @@ def onto_state_space(V: Array, normalize: str | None,
     """
     L, ok, _ = semidefinite_cholesky(V)
 
-    def repair_group(state: tuple[Array, ...]) -> tuple[Array, ...]:
-        V, L, need, left, broken = state
-        idx = jax.lax.top_k(need.astype(jnp.int32), min(_REPAIR_GROUP, need.shape[0]))[1]
-        todo = need[idx]  # the group may hold paths that need nothing
+    def repair_group(idx: Array, todo: Array,
+                     state: tuple[Array, ...]) -> tuple[tuple[Array, ...], Array]:
+        V, L, left, broken = state  # todo: the group may hold paths that need nothing
         finite = jnp.all(jnp.isfinite(V[idx]), axis=(1, 2))
         eye = jnp.eye(V.shape[1], dtype=V.dtype)
         V_psd, L_eig, lam = psd_parts(jnp.where(finite[:, None, None], mirror_lower(V[idx]), eye))
@@ -264,12 +264,12 @@ def onto_state_space(V: Array, normalize: str | None,
         out = (todo & (lam[:, 0] < -tol))[:, None, None]
         return (V.at[idx].set(jnp.where(out, V_psd, V[idx])),
                 L.at[idx].set(jnp.where(todo[:, None, None], L_eig, L[idx])),
-                need.at[idx].set(False), left.at[idx].set(left[idx] | out[:, 0, 0]),
-                broken.at[idx].set(broken[idx] | (todo & ~finite)))
+                left.at[idx].set(left[idx] | out[:, 0, 0]),
+                broken.at[idx].set(broken[idx] | (todo & ~finite))), todo
 
     no = jnp.zeros_like(ok)
-    V, L, _, repaired, broken = jax.lax.while_loop(
-        lambda state: jnp.any(state[2]), repair_group, (V, L, ~ok & active, no, no))
+    V, L, repaired, broken = in_groups((~ok & active).astype(jnp.int32), _REPAIR_GROUP,
+                                       repair_group, (V, L, no, no))
     if normalize == "rms":  # V's lower triangle defines it; the mirror is formed when read
         V, L = normalise_rms(V, L)
     return V, L, repaired, broken
