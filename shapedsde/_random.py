@@ -94,6 +94,18 @@ def _cos_sin_uniform_angle(v: Array) -> tuple[Array, Array]:
     return c * c - s * s, 2.0 * s * c
 
 
+def _inverse_cdf(hi: Array, lo: Array, dtype: jnp.dtype) -> Array:
+    """float64 normals from the two words of each hash (52 random mantissa bits)."""
+    hi, lo = hi.astype(jnp.uint64), lo.astype(jnp.uint64)
+    u = 2.0 * _unit_interval((hi << np.uint64(32)) | lo, dtype) - 1.0
+    low = np.nextafter(np.asarray(-1.0, dtype), np.asarray(0.0, dtype))
+    return jnp.asarray(np.sqrt(2.0), dtype) * jax.lax.erf_inv(jnp.maximum(low, u))
+
+
+def _radius(u: Array) -> Array:
+    return jnp.sqrt(-2.0 * jnp.log(1.0 - u))  # 1 - u in (0, 1]
+
+
 def standard_normal(words: Array, counter: Array, n: int, dtype: jnp.dtype) -> Array:
     """n iid N(0, 1) of the stream ``counter`` under the path key ``words``.
 
@@ -105,12 +117,33 @@ def standard_normal(words: Array, counter: Array, n: int, dtype: jnp.dtype) -> A
     random mantissa bits) per normal."""
     dtype = jnp.dtype(dtype)
     if dtype == jnp.float64:
-        hi, lo = (w.astype(jnp.uint64) for w in _hashes(words, counter, n))
-        u = 2.0 * _unit_interval((hi << np.uint64(32)) | lo, dtype) - 1.0
-        low = np.nextafter(np.asarray(-1.0, dtype), np.asarray(0.0, dtype))
-        return jnp.asarray(np.sqrt(2.0), dtype) * jax.lax.erf_inv(jnp.maximum(low, u))
+        return _inverse_cdf(*_hashes(words, counter, n), dtype)
     half = (n + 1) // 2
     u = _unit_interval(random_words(words, counter, 2 * half), dtype)
-    r = jnp.sqrt(-2.0 * jnp.log(1.0 - u[:half]))  # 1 - u in (0, 1]
     cos, sin = _cos_sin_uniform_angle(u[half:])
+    r = _radius(u[:half])
     return jnp.concatenate([r * cos, r * sin])[:n]
+
+
+def normals_at(words: Array, counter: Array, n: int, positions: Array,
+               dtype: jnp.dtype) -> Array:
+    """``standard_normal(words, counter, n, dtype)[positions]`` (n may be traced) without the
+    rest of the stream: the hashes of just the words these normals use (two per normal in
+    float32, where each normal reads a radius and an angle word; one in float64).
+    ``positions`` (uint32) may be traced, so a few normals of a long stream cost a few
+    hashes."""
+    dtype = jnp.dtype(dtype)
+    if dtype == jnp.float64:
+        return _inverse_cdf(*threefry2x32(words[0], words[1], jnp.full_like(positions, counter),
+                                          positions), dtype)
+    half = jnp.asarray((n + 1) // 2, jnp.uint32)  # n may be traced
+    first = positions < half  # r cos of pair i = position, else r sin of pair position - half
+    pair = jnp.where(first, positions, positions - half)
+
+    def word(index: Array) -> Array:  # word 2i, 2i + 1 of the stream: the two halves of hash i
+        x0, x1 = threefry2x32(words[0], words[1], jnp.full_like(index, counter),
+                              index >> np.uint32(1))
+        return _unit_interval(jnp.where(index % 2 == 0, x0, x1), dtype)
+
+    cos, sin = _cos_sin_uniform_angle(word(pair + half))
+    return _radius(word(pair)) * jnp.where(first, cos, sin)

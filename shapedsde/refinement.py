@@ -7,7 +7,7 @@ k = ceil(log2(r REFERENCE_STEP / MAX_CHANGE)), clipped to [0, MAX_LEVEL], from i
 drift rate r = max_ab |b(V)_ab| / max_a V_aa; a path with k > 0 at the start of a step redoes
 it in substeps of dt / 2^k, k re-evaluated at the start of every substep (``_walk``; at most
 HEADROOM levels deeper than at the step's start), on the Brownian path of the grid
-(``brownian.Increments.substeps``: exact in law given the step's increment, and shared by the
+(``brownian.Increments.node``: exact in law given the step's increment, and shared by the
 coupled solves at other steps).
 
 The level depends on the state only, so the scheme is Euler (or the congruence step) with the
@@ -24,9 +24,10 @@ r h <= MAX_CHANGE the relative noise is O(sqrt(MAX_CHANGE)) at every scale. Beyo
 level the path overshoots and is flagged; there log |V| drifts upward so strongly that the SDE
 itself escapes to the bound with probability close to one.
 
-Hot paths are few: their levels are computed in groups (only they cost a drift evaluation),
-then paths of equal depth are refined together in groups of ``GROUP`` (``_batching.in_groups``,
-as the PSD repairs), their increments read to that depth (a ``switch``).
+Hot paths are few: their levels are computed in groups (only the paths above a calm scale
+cost a drift evaluation), then those at levels k > 0 are refined together in groups of
+``GROUP`` (``_batching.in_groups``, as the PSD repairs), each substep's Brownian increment read
+from the tree when it is taken (one draw per tree level, not the 2^depth leaves of the step).
 A path's result therefore depends on that path alone (its state and its Brownian path), not
 on the batch or the group it is refined in (tested to rounding, ``tests/test_sde.py``).
 """
@@ -82,39 +83,32 @@ def _rate(block: Any, V: Array) -> Array:
     return jnp.max(jnp.abs(block.drift(V))) / jnp.max(jnp.diagonal(V))
 
 
-def _walk(solver: Any, terms: Any, y: Any, depth: Array, increments: Array, t0: Array,
-          t1: Array) -> Any:
-    """One path (fields without batch axis) from t0 to t1 over the 2^depth increments of
-    ``Increments.substeps``: each substep starts at a multiple p of (t1 - t0) / 2^depth and
-    is 2^(depth - k) of them long, k = ``levels`` at its start (at most ``depth``), shortened
-    to the largest power of two dividing p, so that it stays on the dyadic grid of the
-    increments. The level follows the state within the step: a path that grows during the
-    step takes shorter substeps from where it has grown."""
-    cumulative = jnp.concatenate([jnp.zeros_like(increments[:1]),
-                                  jnp.cumsum(increments, axis=0)])
+def _walk(solver: Any, terms: Any, y: Any, depth: Array, increments: Any, step: Array,
+          t0: Array, t1: Array) -> Any:
+    """One path (fields without batch axis; ``increments`` its ``brownian.Increments``, a batch
+    of one) from t0 to t1 in substeps on the dyadic grid of 2^depth units: a substep starts at
+    a multiple p of the unit (t1 - t0) / 2^depth and is 2^(depth - k) units long, k =
+    ``levels`` at its start (at most ``depth``), shortened to the largest power of two
+    dividing p, so that it is a node of the step's Brownian tree (``Increments.node``, read
+    when it is taken). The level follows the state within the step: a path that grows during
+    the step takes shorter substeps from where it has grown."""
     n = jnp.left_shift(1, depth)
     unit = (t1 - t0) / n.astype(t0.dtype)
+    noise = terms.terms[1]
 
     def body(carry: tuple[Array, Any]) -> tuple[Array, Any]:
         p, y = carry
         k = jnp.minimum(levels(_rate(solver.sde.block, mirror_lower(y.V[0]))), depth)
-        w = jnp.minimum(jnp.left_shift(1, depth - k), jnp.where(p == 0, n, p & -p))
+        aligned = jnp.where(p == 0, depth, jax.lax.population_count((p & -p) - 1))
+        span = jnp.minimum(depth - k, aligned)  # log2 of the substep's units
+        w = jnp.left_shift(1, span)
         s1 = jnp.where(p + w == n, t1, t0 + (p + w).astype(t0.dtype) * unit)
-        inc = cumulative[p + w] - cumulative[p]
-        return p + w, solver.advance(terms, y, t0 + p.astype(t0.dtype) * unit, s1, inc[None])
+        dW = increments.node(step, t1 - t0, noise.mode, depth - span, p >> span)
+        return p + w, solver.advance(terms, y, t0 + p.astype(t0.dtype) * unit, s1, dW)
 
     batch1 = jax.tree_util.tree_map(lambda a: a[None], y)
     _, out = jax.lax.while_loop(lambda c: c[0] < n, body, (jnp.zeros((), jnp.int32), batch1))
     return jax.tree_util.tree_map(lambda a: a[0], out)
-
-
-def _padded_substeps(increments: Any, step: Array, h: Array, mode: Array, depth: int) -> Array:
-    """``Increments.substeps`` at ``depth``, zero-padded to 2^MAX_LEVEL substeps (one shape for
-    every branch of the switch over the depth)."""
-    out = increments.substeps(step, h, mode, depth)
-    pad = [(0, 0)] * out.ndim
-    pad[1] = (0, 2**MAX_LEVEL - 2**depth)
-    return jnp.pad(out, pad)
 
 
 def may_need_refinement(y: Any, calm: Array) -> Array:
@@ -137,31 +131,27 @@ def _levels_of(block: Any, V: Array, grown: Array) -> Array:
 
 def refine(solver: Any, terms: Any, y0: Any, y1: Any, t0: Array, t1: Array, step: Array) -> Any:
     """``y1`` (the plain step of the batch from ``y0``) with the hot paths redone in substeps.
-    A path above ``solver.calm`` at level k > 0 at the start of the step may go down to level
-    d = min(k + HEADROOM, MAX_LEVEL) within it; paths of equal d are refined together, in
-    groups of ``GROUP``, from the increments read to depth d, so that a path does not depend
-    on the paths it is grouped with. Paths at level 0 keep their plain step."""
-    noise = terms.terms[1]
+    A path above ``solver.calm`` at level k > 0 at the start of the step is redone, going
+    down to level min(k + HEADROOM, MAX_LEVEL) at most; such paths are taken in groups of
+    ``GROUP``, deepest first (so that a group's walks take similar numbers of substeps), each
+    on its own Brownian path and to its own depth: a path does not depend on the paths it is
+    grouped with. Paths at level 0 keep their plain step."""
+    increments = terms.terms[1].increments
     grown = may_need_refinement(y0, solver.calm)
     level = _levels_of(solver.sde.block, y0.V, grown)
-    cap = jnp.minimum(level + HEADROOM, MAX_LEVEL)
+    depth = jnp.minimum(level + HEADROOM, MAX_LEVEL)
 
     def group(idx: Array, todo: Array, y1: Any) -> tuple[Any, Array]:
-        depth = cap[idx[0]]  # the deepest level left: the group's paths of that depth
-        members = todo & (cap[idx] == depth)
-        paths = eqx.tree_at(lambda inc: inc.words, noise.increments, noise.increments.words[idx])
-        readers = [functools.partial(_padded_substeps, paths, step, t1 - t0, noise.mode, d)
-                   for d in range(1, MAX_LEVEL + 1)]
-        increments = jax.lax.switch(depth - 1, readers)
+        one_each = eqx.tree_at(lambda inc: inc.words, increments, increments.words[idx][:, None])
         part = jax.tree_util.tree_map(lambda a: a[idx], y0)
-        redone = jax.vmap(lambda y, inc: _walk(solver, terms, y, depth, inc, t0, t1))(
-            part, increments)
+        redone = jax.vmap(lambda y, d, inc: _walk(solver, terms, y, d, inc, step, t0, t1))(
+            part, depth[idx], one_each)
 
         def put(whole: Array, new: Array) -> Array:
-            keep = members.reshape((-1,) + (1,) * (new.ndim - 1))
+            keep = todo.reshape((-1,) + (1,) * (new.ndim - 1))
             return whole.at[idx].set(jnp.where(keep, new, whole[idx]))
 
-        return jax.tree_util.tree_map(put, y1, redone), members
+        return jax.tree_util.tree_map(put, y1, redone), todo
 
-    deepest_first = jnp.where(grown & (level > 0), cap + 1, 0)
+    deepest_first = jnp.where(grown & (level > 0), depth + 1, 0)
     return in_groups(deepest_first, GROUP, group, y1)

@@ -171,20 +171,32 @@ class _GuardedSolver(diffrax.AbstractSolver):
             repairs=y0.repairs + (keep & repaired).astype(y0.repairs.dtype),
         )
 
-    def step(self, terms, t0, t1, y0: SDEState, args, solver_state, made_jump):
-        """One step of every path of the batch; ``args`` is the step's index on its grid.
-        Without normalisation, where ``solver_state`` (from ``init`` or the previous step) says
-        some path may need it, paths whose drift is fast for their state are stepped again in
-        2^k(V) substeps on the grid's Brownian path (``refinement.refine``)."""
-        del made_jump
+    def step_as(self, terms, t0, t1, y0: SDEState, args,
+                refining: bool) -> tuple[SDEState, Array | None]:
+        """One step of every path of the batch (``args``: its index on the grid) and the new
+        solver state. With ``refining`` (static), paths whose drift is fast for their state are
+        stepped again in 2^k(V) substeps on the grid's Brownian path (``refinement.refine``);
+        without, the plain step. A driver picks the branch from the solver state (``step``);
+        ``shapedsde.sde`` runs the plain and the refining steps as two loops instead, since a
+        ``cond`` in every step costs even when not taken (m = 8, 1000 paths, 260 steps: 0.47
+        against 0.34 s): its operands and results are copied out of the loop's fusions."""
         y1 = self.advance(terms, y0, t0, t1, terms.terms[1].contr(t0, t1, step=args))
-        if self.sde.normalize is None:  # the normalised SDE cannot blow up
-            def refined() -> tuple[SDEState, Array]:
-                y = refine(self, terms, y0, y1, t0, t1, args)
-                return y, self._any_grown(y)
+        if self.sde.normalize is not None:  # the normalised SDE cannot blow up
+            return y1, None
+        if refining:
+            y1 = refine(self, terms, y0, y1, t0, t1, args)
+        return y1, self._any_grown(y1)
 
-            plain = self._any_grown(y1)  # computed outside the cond, with the step
-            y1, solver_state = jax.lax.cond(solver_state, refined, lambda: (y1, plain))
+    def step(self, terms, t0, t1, y0: SDEState, args, solver_state, made_jump):
+        """``step_as``, refining where ``solver_state`` (from ``init`` or the previous step)
+        says some path may need it (diffrax's solver interface)."""
+        del made_jump
+        if solver_state is None:
+            y1, solver_state = self.step_as(terms, t0, t1, y0, args, False)
+        else:
+            y1, solver_state = jax.lax.cond(
+                solver_state, lambda: self.step_as(terms, t0, t1, y0, args, True),
+                lambda: self.step_as(terms, t0, t1, y0, args, False))
         return y1, None, dict(y0=y0, y1=y1), solver_state, diffrax.RESULTS.successful
 
 

@@ -100,16 +100,31 @@ def _solve_batch(sde: CovarianceSDE, solver: str, words: Array, V0: Array, save_
         t_start = save_ts[i]
         h = (save_ts[i + 1] - t_start) / per_save.astype(save_ts.dtype)
 
-        def one_step(j: Array, carry: tuple[SDEState, Any]) -> tuple[SDEState, Any]:
-            y, state = carry
-            t0 = t_start + j.astype(h.dtype) * h
-            t1 = jnp.where(j + 1 == per_save, save_ts[i + 1], t0 + h)
-            y, _, _, state, _ = step_solver.step(terms, t0, t1, y, i * per_save + j, state,
-                                                 False)
-            return y, state
+        def steps_while(refining: bool | None, state: tuple[Array, SDEState, Any]
+                        ) -> tuple[Array, SDEState, Any]:
+            """Steps j, j + 1, ... of the interval, refining or not (``step_as``), while the
+            solver state (some path may need refinement) is ``refining`` (None: to the end)."""
+            def one_step(state: tuple[Array, SDEState, Any]) -> tuple[Array, SDEState, Any]:
+                j, y, _ = state
+                t0 = t_start + j.astype(h.dtype) * h
+                t1 = jnp.where(j + 1 == per_save, save_ts[i + 1], t0 + h)
+                return j + 1, *step_solver.step_as(terms, t0, t1, y, i * per_save + j,
+                                                   bool(refining))
 
-        carry = jax.lax.fori_loop(0, per_save, one_step, carry)
-        return carry, mirror_lower(carry[0].V)
+            def more(state: tuple[Array, SDEState, Any]) -> Array:
+                return (state[0] < per_save) & (refining is None or state[2] == refining)
+
+            return jax.lax.while_loop(more, one_step, state)
+
+        y, state = carry
+        start = (jnp.zeros((), jnp.int32), y, state)
+        if state is None:  # normalised: nothing to refine
+            _, y, _ = steps_while(None, start)
+        else:  # alternate runs of plain and of refining steps, as the state says
+            _, y, state = jax.lax.while_loop(
+                lambda s: s[0] < per_save, lambda s: steps_while(True, steps_while(False, s)),
+                start)
+        return (y, state), mirror_lower(y.V)
 
     y0 = initial_state(V0, words.shape[0], sde.normalize)
     first = step_solver.init(terms, save_ts[0], save_ts[-1], y0, None)
@@ -259,11 +274,13 @@ def solve_sde(block: Block, V0: object, T: float, *, key: Array, dt: float | Non
     jdtype = resolve_dtype(dtype)
 
     m = V0.shape[0]
-    congruence_ok = scheme == "project" and supports_congruence(block, m)
+    def congruence_ok() -> bool:  # traces the block's noise factor: 10 ms, only when needed
+        return scheme == "project" and supports_congruence(block, m)
+
     if solver == "auto":
-        solver = "congruence" if congruence_ok and attention_heat(block.config()) >= 1 \
+        solver = "congruence" if attention_heat(block.config()) >= 1 and congruence_ok() \
             else "euler"
-    elif solver == "congruence" and not congruence_ok:
+    elif solver == "congruence" and not congruence_ok():
         raise ValueError(f"solver 'congruence' needs scheme 'project' and a block with "
                          f"noise_factor ({type(block).__name__} with these options has none); "
                          "use solver='euler'")

@@ -95,6 +95,26 @@ def test_float64_normals_use_52_bits():
         jax.config.update("jax_enable_x64", was)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_normals_at_are_the_streams_normals(dtype):
+    """``normals_at`` (the refinement's Brownian tree, read one node at a time) gives the
+    entries of ``standard_normal``'s stream at any positions: in float32 across the halves of
+    the Box-Muller pairs, for odd and even lengths, and in float64."""
+    was = jax.config.jax_enable_x64
+    try:
+        jax.config.update("jax_enable_x64", dtype == "float64")
+        words = jnp.array([3, 9], jnp.uint32)
+        for n in (8, 9, 256):
+            full = np.asarray(_random.standard_normal(words, jnp.uint32(5), n, dtype))
+            positions = np.array([0, n // 2 - 1, n // 2, n // 2 + 1, n - 1], np.uint32)
+            got = np.asarray(_random.normals_at(words, jnp.uint32(5), n, jnp.asarray(positions),
+                                                dtype))
+            assert got.dtype == full.dtype
+            np.testing.assert_allclose(got, full[positions], rtol=1e-6, atol=1e-6)
+    finally:
+        jax.config.update("jax_enable_x64", was)
+
+
 @pytest.mark.parametrize("m", [3, 8, 9])  # unrolled for m <= 8, LAPACK beyond
 def test_cholesky_factor_and_failure_flag(m):
     A = np.random.default_rng(m).standard_normal((3, m, m))

@@ -209,13 +209,13 @@ def test_default_step_is_accurate_in_hot_settings_with_more_tokens(case):
 
 
 def test_substep_increments_are_one_brownian_path_on_every_grid():
-    """``Increments.substeps`` (the refinement's substeps) reads one Brownian path: a step's
-    substeps sum to its increment on every grid mode; depth 3 is depth 5 summed in blocks of 4
-    (a path's substeps do not depend on the depth its group is read to); the substeps of the
+    """``Increments.node`` (the refinement's substeps) reads one Brownian path: the nodes of a
+    level sum to the step's increment on every grid mode, and each node is the sum of its two
+    children (so a path's substeps do not depend on the depth it is read to); the nodes of the
     two FINE halves of a base step, and of a COARSE step, are those of the base steps they
-    cover. Their spread is that of Brownian increments (variance = substep length). The
-    old refinement drew its bridge per grid step, so coupled solves at dt and 2 dt were
-    refined on different paths."""
+    cover. Their spread is that of Brownian increments (variance = node length). The old
+    refinement drew its bridge per grid step, so coupled solves at dt and 2 dt were refined on
+    different paths."""
     import jax.numpy as jnp
 
     from shapedsde.brownian import BASE, COARSE, FINE, Increments
@@ -223,26 +223,28 @@ def test_substep_increments_are_one_brownian_path_on_every_grid():
     words = jnp.array([[3, 7], [11, 5]], jnp.uint32)
     inc = Increments(words, 2, 2, "float32")
     h = jnp.float32(0.5)
+    node = jax.jit(lambda *args: inc.node(*args))
 
-    substeps = jax.jit(lambda *args: inc.substeps(*args), static_argnums=3)
-
-    def sub(step: int, size: float, mode: int, depth: int) -> np.ndarray:
-        return np.asarray(substeps(jnp.uint32(step), jnp.float32(size), jnp.int32(mode), depth))
+    def level(step: int, size: float, mode: int, depth: int) -> np.ndarray:
+        """All 2^depth nodes (paths, 2^depth, n, m, m)."""
+        return np.stack([np.asarray(node(jnp.uint32(step), jnp.float32(size), jnp.int32(mode),
+                                         jnp.uint32(depth), jnp.uint32(j)))
+                         for j in range(2**depth)], axis=1)
 
     for step, size, mode in [(5, h, BASE), (10, h / 2, FINE), (11, h / 2, FINE),
                              (2, 2 * h, COARSE), (1, 4 * h, 4)]:
         total = np.asarray(inc(jnp.uint32(step), jnp.float32(size), jnp.int32(mode)))
-        for depth in (1, 3, 5):
-            np.testing.assert_allclose(sub(step, size, mode, depth).sum(axis=1), total,
+        for depth in (0, 1, 3, 5):
+            np.testing.assert_allclose(level(step, size, mode, depth).sum(axis=1), total,
                                        atol=2e-5)
-        np.testing.assert_allclose(sub(step, size, mode, 3),
-                                   sub(step, size, mode, 5).reshape(2, 8, 4, 2, 2, 2).sum(2),
+        np.testing.assert_allclose(level(step, size, mode, 3),
+                                   level(step, size, mode, 4).reshape(2, 8, 2, 2, 2, 2).sum(2),
                                    atol=2e-5)
-    halves = np.concatenate([sub(10, h / 2, FINE, 3), sub(11, h / 2, FINE, 3)], axis=1)
-    np.testing.assert_allclose(halves, sub(5, h, BASE, 4), atol=1e-6)
-    pair = np.concatenate([sub(4, h, BASE, 3), sub(5, h, BASE, 3)], axis=1)
-    np.testing.assert_allclose(sub(2, 2 * h, COARSE, 4), pair, atol=1e-6)
-    fine = sub(5, h, BASE, 5)  # 32 increments of length h / 32 per path, given their sum
+    halves = np.concatenate([level(10, h / 2, FINE, 3), level(11, h / 2, FINE, 3)], axis=1)
+    np.testing.assert_allclose(halves, level(5, h, BASE, 4), atol=1e-6)
+    pair = np.concatenate([level(4, h, BASE, 3), level(5, h, BASE, 3)], axis=1)
+    np.testing.assert_allclose(level(2, 2 * h, COARSE, 4), pair, atol=1e-6)
+    fine = level(5, h, BASE, 5)  # 32 increments of length h / 32 per path, given their sum
     spread = np.var(fine - fine.mean(axis=1, keepdims=True)) * 32 / float(h) * 32 / 31
     assert 0.8 < spread < 1.2, spread
 
