@@ -125,24 +125,23 @@ def standard_normal(words: Array, counter: Array, n: int, dtype: jnp.dtype) -> A
     return jnp.concatenate([r * cos, r * sin])[:n]
 
 
-def normals_at(words: Array, counter: Array, n: int, positions: Array,
+def normals_at(words: Array, counter: Array, n: Array, positions: Array,
                dtype: jnp.dtype) -> Array:
-    """``standard_normal(words, counter, n, dtype)[positions]`` (n may be traced) without the
-    rest of the stream: the hashes of just the words these normals use (two per normal in
-    float32, where each normal reads a radius and an angle word; one in float64).
-    ``positions`` (uint32) may be traced, so a few normals of a long stream cost a few
-    hashes."""
+    """``standard_normal(words, counter, n, dtype)[positions]`` without the rest of the stream:
+    the hashes of just the words these normals use (two per normal in float32, where each
+    normal reads a radius and an angle word; one in float64). Elementwise: ``words`` (..., 2),
+    ``counter``, ``n`` and ``positions`` (uint32, traced) broadcast together, so normals of
+    several streams and keys come from one fused computation."""
     dtype = jnp.dtype(dtype)
+    k0, k1 = words[..., 0], words[..., 1]
     if dtype == jnp.float64:
-        return _inverse_cdf(*threefry2x32(words[0], words[1], jnp.full_like(positions, counter),
-                                          positions), dtype)
-    half = jnp.asarray((n + 1) // 2, jnp.uint32)  # n may be traced
+        return _inverse_cdf(*threefry2x32(k0, k1, counter + 0 * positions, positions), dtype)
+    half = (n + np.uint32(1)) // np.uint32(2)
     first = positions < half  # r cos of pair i = position, else r sin of pair position - half
     pair = jnp.where(first, positions, positions - half)
 
     def word(index: Array) -> Array:  # word 2i, 2i + 1 of the stream: the two halves of hash i
-        x0, x1 = threefry2x32(words[0], words[1], jnp.full_like(index, counter),
-                              index >> np.uint32(1))
+        x0, x1 = threefry2x32(k0, k1, counter + 0 * index, index >> np.uint32(1))
         return _unit_interval(jnp.where(index % 2 == 0, x0, x1), dtype)
 
     cos, sin = _cos_sin_uniform_angle(word(pair + half))

@@ -14,9 +14,10 @@ read the same W:
 * mode FINE (1), step k of size h / 2: half k % 2 of base step k // 2;
 * mode r >= 2 (COARSE = 2 for r = 2), step k of size r h: base steps rk, ..., rk + r - 1;
 * ``Increments.node``: any dyadic part of a step of any mode (the substeps of the refinement
-  of hot paths, ``shapedsde.refinement``), read down the tree from the root: one draw per
-  level (``_random.normals_at`` reads a block of a stream without the rest), so a substep
-  costs in proportion to its depth, not to the 2^depth leaves under the step.
+  of hot paths, ``shapedsde.refinement``), a node of the tree: the root and the splitting
+  normals on the way down to it, MAX_LEVEL blocks of normals drawn in one elementwise
+  computation (``_random.normals_at`` reads a block of a stream without the rest), not the
+  2^depth leaves under the step.
 
 So solves at dt, 2 dt, dt / 2 (the step control's coupled solves, ``shapedsde.step_error``),
 r dt (the benchmark's ladders) and their refined substeps are all driven by one Brownian path.
@@ -97,46 +98,63 @@ class Increments(eqx.Module):
 
         return jax.lax.switch(jnp.minimum(mode, COARSE + 1), (base, fine, coarse, coarse_r))
 
-    def _split_normals(self, base_step: Array, level: Array, index: Array) -> Array:
-        """The normals (B, n, m, m) that split node ``index`` of tree level ``level`` >= 1
-        under base step ``base_step``: block ``index`` of the 2^level blocks of the stream
-        ``base_step`` under the key XOR (TREE_KEY + level), read without the other blocks."""
-        size = self.n * self.m * self.m
-        positions = index * np.uint32(size) + jnp.arange(size, dtype=jnp.uint32)
-        stream_length = jnp.left_shift(np.uint32(size), level)
-        z = jax.vmap(lambda w: normals_at(w ^ (TREE_KEY + level), base_step, stream_length,
-                                          positions, self.dtype))(self.words)
-        return z.reshape((-1, self.n, self.m, self.m))
+    def _path_normals(self, base_step: Array, level: Array, index: Array,
+                      max_level: int) -> Array:
+        """(max_level + 1, B, n, m, m): the root's normals of base step ``base_step``, then
+        the normals that split the nodes of levels 0, ..., max_level - 1 on the way down to
+        node ``index`` of level ``level`` (rows of levels >= ``level``: any normals, to be
+        weighted 0). Level 0 splits with stream BRIDGE_STREAMS + base_step (as ``_draw``
+        lays it out), level j >= 1 with block index >> (level - j) of stream base_step under
+        the key XOR (TREE_KEY + j). One elementwise computation (``_random.normals_at``) for
+        all of them: separate draws inside the refinement's walk cost a few kernels each,
+        which at one or a few paths dominate a substep."""
+        n, m = self.n, self.m
+        size = n * m * m
+        a, i, b = np.meshgrid(np.arange(m), np.arange(n), np.arange(m), indexing="ij")
+        drawn = (a * n * m + i * m + b).transpose(1, 0, 2).reshape(-1)  # _draw's layout
+        j = jnp.arange(1, max_level, dtype=jnp.uint32)
+        block = index >> jnp.where(j < level, level - j, np.uint32(0))
+        positions = jnp.concatenate([
+            jnp.broadcast_to(jnp.asarray(drawn, jnp.uint32), (2, size)),
+            block[:, None] * np.uint32(size) + jnp.arange(size, dtype=jnp.uint32)])
+        key_xor = jnp.concatenate([jnp.zeros(2, jnp.uint32), TREE_KEY + j])[:, None, None]
+        counter = jnp.concatenate([jnp.stack([base_step, base_step + np.uint32(BRIDGE_STREAMS)]),
+                                   jnp.broadcast_to(base_step, j.shape)])[:, None]
+        length = jnp.concatenate([jnp.full(2, size, jnp.uint32),
+                                  jnp.left_shift(np.uint32(size), j)])[:, None]
+        z = jax.vmap(lambda w: normals_at(w ^ key_xor, counter, length, positions,
+                                          self.dtype))(self.words[:, None, None, :])
+        return jnp.moveaxis(z, 0, 1).reshape((max_level + 1, -1, n, m, m))
 
-    def _base_node(self, base_step: Array, h_base: Array, level: Array,
-                   index: Array) -> Array:
-        """Increment of node ``index`` of level ``level`` (an interval of length
-        h_base / 2^level) of the tree under base step ``base_step``: from the root down the
-        bits of ``index``, each interval of length l with increment I splitting into
-        I / 2 +- sqrt(l) / 2 z (left +). Costs one draw per level, not per leaf."""
-        root, bridge = self._draw_pair(base_step, base_step + np.uint32(BRIDGE_STREAMS))
+    def _base_node(self, base_step: Array, h_base: Array, level: Array, index: Array,
+                   max_level: int) -> Array:
+        """Increment of node ``index`` of level ``level`` <= max_level (an interval of length
+        h_base / 2^level) of the tree under base step ``base_step``. Down the bits of ``index``
+        from the root, each interval of length l = h_base / 2^j with increment I splits into
+        I / 2 +- sqrt(l) / 2 z_j (left +), so the node is, in closed form,
 
-        def split(lv: Array, inc: Array, z: Array) -> Array:
-            right = (index >> (level - lv - np.uint32(1))) & np.uint32(1)
-            length = h_base / jnp.left_shift(np.uint32(1), lv).astype(h_base.dtype)
-            sign = 1.0 - 2.0 * right.astype(h_base.dtype)
-            return inc / 2 + sign * (jnp.sqrt(length) / 2) * z
+            sqrt(h_base) z / 2^level + sum_{j < level} sign_j sqrt(h_base) 2^(j / 2 - level) z_j
 
-        inc = jnp.sqrt(h_base) * root
-        inc = jnp.where(level > 0, split(np.uint32(0), inc, bridge), inc)
-        return jax.lax.fori_loop(
-            np.uint32(1), level,
-            lambda lv, inc: split(lv, inc, self._split_normals(base_step, lv,
-                                                               index >> (level - lv))), inc)
+        with z the root's normals and z_j those of the node of level j above it."""
+        z = self._path_normals(base_step, level, index, max_level)
+        j = jnp.arange(max_level, dtype=jnp.uint32)
+        below = j < level
+        right = (index >> jnp.where(below, level - j - np.uint32(1), np.uint32(0))) & np.uint32(1)
+        scale = jnp.sqrt(h_base) * jnp.exp2(-level.astype(h_base.dtype))
+        weight = jnp.where(below, (1.0 - 2.0 * right.astype(h_base.dtype))
+                           * jnp.exp2(j.astype(h_base.dtype) / 2), 0.0)
+        return scale * (z[0] + jnp.tensordot(weight, z[1:], axes=1))
 
-    def node(self, step: Array, h: Array, mode: Array, level: Array, index: Array) -> Array:
+    def node(self, step: Array, h: Array, mode: Array, level: Array, index: Array, *,
+             max_level: int) -> Array:
         """Increment (B, n, m, m) of the dyadic interval ``index`` of the 2^level equal parts
         of step ``step`` (of size h) on the grid of ``mode`` (all traced): a node of the tree
         under a base step (FINE: one level deeper, under base step step // 2; mode r = 2^a:
         a levels shallower, under base step r step + (index >> (level - a))), or for a
         level <= a the sum of the roots of the r / 2^level base steps it covers. The nodes of
         a level sum to ``self(step, h, mode)``; the refinement reads its substeps here
-        (``shapedsde.refinement``). r must be a power of two."""
+        (``shapedsde.refinement``). r must be a power of two; ``level`` <= ``max_level``
+        (static: the tree levels drawn for every node)."""
         step, level, index = (jnp.asarray(x).astype(jnp.uint32) for x in (step, level, index))
         fine = mode == FINE
         r = jnp.where(mode >= COARSE, mode, 1).astype(jnp.uint32)
@@ -150,8 +168,7 @@ class Increments(eqx.Module):
         base_index = jnp.where(fine, ((step % 2) << level) | index,
                                jnp.where(whole, 0, index & ((np.uint32(1) << deep) - 1)))
         h_base = jnp.where(fine, 2.0 * h, h / r.astype(h.dtype))
-        zero = jnp.zeros((self.words.shape[0], self.n, self.m, self.m), self.dtype)
-        return jax.lax.fori_loop(
-            np.uint32(0), count,
-            lambda i, acc: acc + self._base_node(first + i, h_base, base_level, base_index),
-            zero)
+        node = self._base_node(first, h_base, base_level, base_index, max_level + 1)
+        return jax.lax.fori_loop(  # the other whole base steps of a coarse node: their roots
+            np.uint32(1), count,
+            lambda i, acc: acc + jnp.sqrt(h_base) * self._draw(first + i), node)

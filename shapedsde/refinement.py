@@ -27,7 +27,8 @@ itself escapes to the bound with probability close to one.
 Hot paths are few: their levels are computed in groups (only the paths above a calm scale
 cost a drift evaluation), then those at levels k > 0 are refined together in groups of
 ``GROUP`` (``_batching.in_groups``, as the PSD repairs), each substep's Brownian increment read
-from the tree when it is taken (one draw per tree level, not the 2^depth leaves of the step).
+from the tree when it is taken (the normals on the way down to its node, not the 2^depth
+leaves of the step).
 A path's result therefore depends on that path alone (its state and its Brownian path), not
 on the batch or the group it is refined in (tested to rounding, ``tests/test_sde.py``).
 """
@@ -103,7 +104,8 @@ def _walk(solver: Any, terms: Any, y: Any, depth: Array, increments: Any, step: 
         span = jnp.minimum(depth - k, aligned)  # log2 of the substep's units
         w = jnp.left_shift(1, span)
         s1 = jnp.where(p + w == n, t1, t0 + (p + w).astype(t0.dtype) * unit)
-        dW = increments.node(step, t1 - t0, noise.mode, depth - span, p >> span)
+        dW = increments.node(step, t1 - t0, noise.mode, depth - span, p >> span,
+                             max_level=MAX_LEVEL)
         return p + w, solver.advance(terms, y, t0 + p.astype(t0.dtype) * unit, s1, dW)
 
     batch1 = jax.tree_util.tree_map(lambda a: a[None], y)

@@ -223,7 +223,7 @@ def test_substep_increments_are_one_brownian_path_on_every_grid():
     words = jnp.array([[3, 7], [11, 5]], jnp.uint32)
     inc = Increments(words, 2, 2, "float32")
     h = jnp.float32(0.5)
-    node = jax.jit(lambda *args: inc.node(*args))
+    node = jax.jit(lambda *args: inc.node(*args, max_level=5))
 
     def level(step: int, size: float, mode: int, depth: int) -> np.ndarray:
         """All 2^depth nodes (paths, 2^depth, n, m, m)."""
