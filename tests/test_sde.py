@@ -55,6 +55,37 @@ def test_refined_paths_do_not_depend_on_their_batch():
     np.testing.assert_allclose(small.V, big.V, rtol=1e-6, atol=1e-6)
 
 
+def test_diffrax_step_is_the_plain_or_the_refining_step():
+    """The solvers' diffrax ``step`` (a ``cond`` on the solver state) takes ``step_as``'s
+    refining step where the state says some path may need it and the plain one elsewhere;
+    ``solve_sde`` runs the two as separate loops. From a state with one path far above the
+    calm scale, the two steps differ (the refinement is at work) and ``step`` matches each."""
+    from shapedsde.blocks.base import traced_parameters
+    from shapedsde.brownian import BASE, Increments
+    from shapedsde.refinement import calm_scale
+    from shapedsde.schemes import SOLVERS, CovarianceSDE, make_terms
+    from shapedsde.sde import initial_state
+
+    hot = sd.ShapedAttention(tau0=0.3, gamma=0.9)
+    sde = CovarianceSDE(traced_parameters(hot, jnp.float32), None, "project", 2, "float32")
+    V0 = jnp.eye(2, dtype=jnp.float32)
+    words = jnp.array([[3, 7], [11, 5], [1, 2], [9, 4]], jnp.uint32)
+    terms = make_terms(sde, Increments(words, hot.n_noise, 2, "float32"), jnp.int32(BASE))
+    solver = SOLVERS["congruence"](sde, jnp.float32(1e3), calm_scale(hot.drift, V0))
+    y = initial_state(V0, 4, None)
+    scale = jnp.array([3.0, 1.0, 1.0, 1.0])[:, None, None]  # level 3 at the start
+    y = y._replace(V=y.V * scale, L=y.L * jnp.sqrt(scale), LT=y.LT * jnp.sqrt(scale))
+    args = (terms, jnp.float32(0.0), jnp.float32(1 / 256), y, jnp.int32(3))
+    plain, _ = solver.step_as(*args, False)
+    refined, grown = solver.step_as(*args, True)
+    assert bool(grown)
+    assert not np.allclose(plain.V[0], refined.V[0], rtol=1e-3)
+    np.testing.assert_array_equal(plain.V[1:], refined.V[1:])
+    for state, expected in ((jnp.bool_(False), plain), (jnp.bool_(True), refined)):
+        y1 = solver.step(*args, state, False)[0]
+        np.testing.assert_allclose(y1.V, expected.V, rtol=1e-6, atol=1e-6)
+
+
 def test_first_path_continues_the_same_run():
     """Paths first_path, ... of a call are those paths of a larger call (to split runs)."""
     whole = sd.solve_sde(BLOCK, V0, key=jax.random.key(5), n_paths=7, **KW)
