@@ -19,7 +19,11 @@ and records the estimated error of the mean and quantiles of every rho_ab in
 step is chosen by that estimate: the number of steps is doubled while the estimated error of
 some correlation statistic (or of the blow-up fraction) exceeds ``tol`` by more than its Monte
 Carlo error (``StepError.above``); the subset solved at the accepted step is kept as the first
-paths of the result, and every solve of the run uses one compiled shape.
+paths of the result, and every solve of the run uses one compiled shape. Crossings of the
+blow-up bound are rare events, so on the first subset their estimate carries a standard error
+of a few points; while tol lies within that estimate +- 2 SE (``StepError.crossing_undecided``)
+the control solves more of the run's paths on both grids (doubling them, up to all) before it
+decides, and where all of them leave it undecided, the estimate decides (``StepError.above``).
 
 Randomness is per path: path i's increment on grid step k is a pure function of
 (``fold_in(key, i)``, k) (``shapedsde._random``), so a path does not depend on the chunk, the
@@ -172,6 +176,12 @@ def pilot_paths(n_paths: int) -> int:
     return min(n_paths, 2048, max(256, 1 << (n_paths // 4).bit_length() - 1))
 
 
+def _joined(first: tuple[np.ndarray, ...], second: tuple[np.ndarray, ...]
+            ) -> tuple[np.ndarray, ...]:
+    """Two solves' outputs (``_Problem.solve``) of consecutive paths as one."""
+    return tuple(np.concatenate(pair) for pair in zip(first, second, strict=True))
+
+
 class _CoupledSolves:
     """The first ``n`` paths of a run solved at the run's step and again at twice (or, when the
     grid cannot be halved, half) the step on the same Brownian path, and the step error they
@@ -179,14 +189,27 @@ class _CoupledSolves:
 
     def __init__(self, problem: _Problem, first: int, n: int, per_save: int, interval: float,
                  order: int, normalize: str | None):
-        self.n, self.coarse = n, per_save % 2 == 0
-        self.paths = problem.solve(first, n, per_save, BASE, False)
-        other = problem.solve(first, n, per_save // 2, COARSE, False) if self.coarse \
-            else problem.solve(first, n, 2 * per_save, FINE, False)
-        self.error = estimate(self.paths[0], self.paths[1] >= 0, other[0], other[1] >= 0,
-                              dt=interval / per_save,
-                              relation="coarse" if self.coarse else "fine", order=order,
-                              normalize=normalize)
+        self.problem, self.first, self.per_save = problem, first, per_save
+        self.interval, self.order, self.normalize = interval, order, normalize
+        self.coarse = per_save % 2 == 0
+        self.n = 0
+        self.paths: tuple[np.ndarray, ...] = ()
+        self.other: tuple[np.ndarray, ...] = ()
+        self.extend(n, progress=False)
+
+    def extend(self, n: int, progress: bool) -> None:
+        """Solve paths ``self.n``, ..., n - 1 of the run too, and estimate again from all."""
+        first, count, per_save = self.first + self.n, n - self.n, self.per_save
+        paths = self.problem.solve(first, count, per_save, BASE, progress)
+        other = self.problem.solve(first, count, per_save // 2, COARSE, False) if self.coarse \
+            else self.problem.solve(first, count, 2 * per_save, FINE, False)
+        if self.n:
+            paths, other = _joined(self.paths, paths), _joined(self.other, other)
+        self.paths, self.other, self.n = paths, other, n
+        self.error = estimate(self.paths[0], self.paths[1] >= 0, self.other[0],
+                              self.other[1] >= 0, dt=self.interval / per_save,
+                              relation="coarse" if self.coarse else "fine", order=self.order,
+                              normalize=self.normalize)
 
 
 def attention_heat(config: dict) -> float:
@@ -302,21 +325,22 @@ def solve_sde(block: Block, V0: object, T: float, *, key: Array, dt: float | Non
     while True:
         pilot = _CoupledSolves(problem, first_path, pilot_paths(n_paths), per_save, interval,
                                order, normalize)
+        while dt is None and pilot.n < n_paths and pilot.error.crossing_undecided(tol):
+            pilot.extend(min(2 * pilot.n, n_paths), progress)
         err = pilot.error
-        if dt is not None or not err.above(tol):
+        if dt is not None or not err.above(tol, every_path=pilot.n == n_paths):
             break
         if interval / (2 * per_save) < MIN_DT or 2 * per_save * (n_save - 1) > MAX_STEPS:
-            warnings.warn(f"solve_sde: estimated step error {err.excess:.3g} > tol = {tol:g} "
-                          f"beyond its Monte Carlo error at the smallest step dt = "
-                          f"{interval / per_save:.3g}; the result carries it "
-                          "(config['step_error'])", RuntimeWarning, stacklevel=2)
+            warnings.warn(f"solve_sde: step error above tol = {tol:g} beyond its Monte Carlo "
+                          f"error at the smallest step dt = {interval / per_save:.3g} ({err}); "
+                          "the result carries it (config['step_error'])", RuntimeWarning,
+                          stacklevel=2)
             break
         per_save *= 2
     done = pilot.paths
     rest = problem.solve(first_path + pilot.n, n_paths - pilot.n, per_save, BASE, progress) \
         if n_paths > pilot.n else None
-    Vs, t_exp, repairs = done if rest is None else (
-        np.concatenate([a, b]) for a, b in zip(done, rest, strict=True))
+    Vs, t_exp, repairs = done if rest is None else _joined(done, rest)
     exploded = t_exp >= 0
     return Trajectories(
         t=save_ts, V=Vs, exploded=exploded,

@@ -278,3 +278,67 @@ def test_crossing_fraction_converges_in_dt_on_one_brownian_path():
     far, far_se = change(16, 4)
     assert abs(near) <= 0.01 + 3 * near_se, (near, near_se)
     assert abs(near) <= far / 2 + 3 * np.hypot(near_se, far_se / 2), (near, far)
+
+
+@pytest.mark.slow
+def test_default_step_decides_the_crossing_fraction_on_more_paths():
+    """Figure 7's setting (hot attention, V0 = I, no normalisation, bound 1000, T = 2) at
+    default arguments, 4000 paths. The first pilot (512 coupled paths) cannot tell whether the
+    crossing fraction's step error exceeds tol: its standard error is about 2.5 points. The
+    control therefore solves more coupled paths, here all of them, and where even they leave
+    it undecided their estimate decides (against 2 tol). It takes the step down to 1/1024 or
+    less, where the coupled ladder of the test above puts the crossing fraction within about
+    a point of its limit (about 2.7%). The control that decided on the first pilot alone
+    stopped at 1/256 with 5.3%."""
+    from shapedsde.sde import DEFAULT_TOL
+    from shapedsde.step_error import UNDECIDED_CROSSING
+
+    n = 4000
+    traj = sd.solve_sde(HOT, np.eye(2), 2.0, key=jax.random.key(1), n_paths=n, n_save=2,
+                        progress=False)
+    err = traj.config["step_error"]
+    print(traj.config["dt"], traj.exploded_fraction, err["paths"], err["crossing"],
+          err["crossing_se"])
+    assert err["paths"] == n
+    assert traj.config["dt"] <= 2.0**-10
+    assert err["crossing"] <= UNDECIDED_CROSSING * DEFAULT_TOL  # accepted on every path's estimate
+    assert abs(traj.exploded_fraction - 0.03) <= 0.01  # limit 2.7-3.4% (figure 7)
+
+
+def test_crossing_step_error_is_undecided_only_when_its_interval_holds_tol():
+    """``StepError.crossing_undecided``: the step control solves more coupled paths exactly
+    when tol lies within the crossing estimate +- 2 SE (and never with normalisation); with
+    every path coupled, ``above`` then goes by the estimate."""
+    from shapedsde.step_error import StepError
+
+    def error(crossing: float | None, se: float | None) -> StepError:
+        return StepError(rho=0.0, upper=0.0, excess=0.0, rho_by_time=(0.0,), crossing=crossing,
+                         crossing_se=se, dt=0.01, dt_other=0.02, paths=256, order=1)
+
+    tol = 0.005
+    assert error(0.0, 0.025).crossing_undecided(tol)  # opposite flips cancelled: undecided
+    assert error(0.009, 0.009).crossing_undecided(tol)  # one flip in 256 coupled paths
+    assert not error(0.04, 0.01).crossing_undecided(tol)  # shown above tol: halve the step
+    assert error(0.04, 0.01).above(tol)
+    assert not error(0.001, 0.001).crossing_undecided(tol)  # shown below tol: accept
+    assert not error(0.0, 0.0).crossing_undecided(tol)  # no path crossed in one solve only
+    assert not error(None, None).crossing_undecided(tol)  # normalised: nothing crosses
+    # once every path of the run is coupled, an undecided estimate decides by itself
+    assert not error(0.009, 0.009).above(tol)
+    assert error(0.012, 0.009).above(tol, every_path=True)  # beyond UNDECIDED_CROSSING tol
+    assert not error(0.009, 0.009).above(tol, every_path=True)
+    assert not error(None, None).above(tol, every_path=True)
+
+
+def test_control_warns_and_reports_when_the_smallest_step_is_not_enough(monkeypatch):
+    """A tolerance no step can meet: the control stops at MIN_DT, warns with the estimate
+    (one readable line) and still returns the result with its step error."""
+    import shapedsde.sde as sde_module
+
+    monkeypatch.setattr(sde_module, "MIN_DT", 2.0**-9)
+    with pytest.warns(RuntimeWarning, match="smallest step dt = 0.00195.*step error"):
+        traj = sd.solve_sde(sd.ShapedAttention(tau0=0.1, gamma=0.9), np.eye(2), 0.5,
+                            key=jax.random.key(0), n_paths=256, n_save=2, tol=1e-9,
+                            normalize="rms", progress=False)
+    assert traj.config["dt"] == 2.0**-9
+    assert traj.config["step_error"]["excess"] > 1e-9
