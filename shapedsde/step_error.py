@@ -25,7 +25,8 @@ bounds the error with ~95% confidence per statistic; ``excess`` = max(|gap| - z 
 part that Monte Carlo noise cannot explain, with z the Bonferroni quantile for the number K of
 statistics (z = 3.9 for the 1120 statistics of 8 tokens at 10 saved times), so that among many
 noisy statistics one does not exceed tol by chance. The step control (``shapedsde.sde``) takes
-a smaller step while ``excess > tol``.
+a smaller step while ``excess > tol`` or the crossing fraction is above tol
+(``StepError.above``, ``StepError.crossing_undecided``).
 """
 
 from __future__ import annotations
@@ -52,9 +53,9 @@ under discrete monitoring is O(dt^1/2)); measured on one Brownian path in figure
 
 UNDECIDED_CROSSING = 2.0
 """An undecided crossing estimate on every path of a run halves the step only above this times
-tol: where that happens its order-1/2 extrapolation overstates the error about twofold (figure
-7's setting, 10^4 paths: 0.77 points at dt = 1/2048, where the coupled ladder is about 0.3
-points from its limit). Judged against tol itself, that run went on to 1/8192 (842 s
+tol: where that happens its order-1/2 extrapolation overstates the error, up to about twofold
+(figure 7's setting, 10^4 paths: 0.77 points at dt = 1/2048, where two coupled ladders are
+0.3-0.7 points from their limit). Judged against tol itself, that run went on to 1/8192 (842 s
 against 136 s) for a crossing fraction of 3.11% against 3.25%."""
 
 
@@ -96,9 +97,8 @@ class StepError:
     def above(self, tol: float, *, every_path: bool = False) -> bool:
         """Above tol beyond Monte Carlo noise for some statistic (the crossing fraction at
         2 SE). With ``every_path`` (all paths of the run were solved coupled, so no more can
-        tell) a crossing fraction left undecided is judged by its estimate, against
-        UNDECIDED_CROSSING tol: at dt = 1/512 in figure 7's setting 4000 coupled paths gave
-        0.6 +- 0.7 points, where the error is about a point."""
+        tell) a crossing fraction left undecided (``crossing_undecided``) is judged by its
+        estimate alone, against UNDECIDED_CROSSING tol."""
         if self.crossing is None:
             return self.excess > tol
         shown = self.crossing - Z * self.crossing_se > tol
