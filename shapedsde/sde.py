@@ -23,7 +23,8 @@ paths of the result, and every solve of the run uses one compiled shape. Crossin
 blow-up bound are rare events, so on the first subset their estimate carries a standard error
 of a few points; while tol lies within that estimate +- 2 SE (``StepError.crossing_undecided``)
 the control solves more of the run's paths on both grids (doubling them, up to all) before it
-decides, and where all of them leave it undecided, the estimate decides (``StepError.above``).
+decides; where all of them leave it undecided, it halves the step if the estimate exceeds
+2 tol (``StepError.above``, ``step_error.UNDECIDED_CROSSING``).
 
 Randomness is per path: path i's increment on grid step k is a pure function of
 (``fold_in(key, i)``, k) (``shapedsde._random``), so a path does not depend on the chunk, the
@@ -185,7 +186,8 @@ def _joined(first: tuple[np.ndarray, ...], second: tuple[np.ndarray, ...]
 class _CoupledSolves:
     """The first ``n`` paths of a run solved at the run's step and again at twice (or, when the
     grid cannot be halved, half) the step on the same Brownian path, and the step error they
-    show."""
+    show; ``extend`` adds the next paths of the run (the base solves are kept as the result
+    if the step is accepted)."""
 
     def __init__(self, problem: _Problem, first: int, n: int, per_save: int, interval: float,
                  order: int, normalize: str | None):
