@@ -96,7 +96,12 @@ class Increments(eqx.Module):
                                       lambda i, acc: acc + self._draw(r * step + i), zero)
             return jnp.sqrt(h / r.astype(h.dtype)) * total
 
-        return jax.lax.switch(jnp.minimum(mode, COARSE + 1), (base, fine, coarse, coarse_r))
+        branches = (base, fine, coarse, coarse_r)
+        if isinstance(mode, int):  # static: no conditional in the step (see _solve_batch)
+            branch = branches[min(mode, COARSE + 1)]
+            mode = jnp.asarray(mode, jnp.int32)
+            return branch()
+        return jax.lax.switch(jnp.minimum(mode, COARSE + 1), branches)
 
     def _path_normals(self, base_step: Array, level: Array, index: Array,
                       max_level: int) -> Array:
