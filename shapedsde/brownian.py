@@ -71,8 +71,9 @@ class Increments(eqx.Module):
         return z[0], z[1]
 
     def __call__(self, step: Array, h: Array, mode: Array) -> Array:
-        """Increment of the step ``step`` (of size h) on the grid of ``mode`` (a traced scalar:
-        one compiled solve serves every mode)."""
+        """Increment of the step ``step`` (of size h) on the grid of ``mode``: a traced scalar
+        (one compiled solve serves every mode, through a conditional) or a Python int (that
+        branch alone, as ``sde._solve_batch`` reads the base grid)."""
         step = step.astype(jnp.uint32)
 
         def base() -> Array:

@@ -33,6 +33,15 @@ def _eigvalsh(V: NDArray[np.float64]) -> NDArray[np.float64]:
     return np.linalg.eigvalsh(0.5 * (V + np.swapaxes(V, -1, -2)))
 
 
+def _ratio(V_ab: NDArray[np.float64], d_a: NDArray[np.float64],
+           d_b: NDArray[np.float64]) -> NDArray[np.float64]:
+    """V_ab / sqrt(d_a d_b), 0 where d_a d_b <= 0, clipped to [-1, 1] (elementwise)."""
+    prod = d_a * d_b
+    ok = prod > 0
+    rho = np.divide(V_ab, np.sqrt(np.where(ok, prod, 1.0)), where=ok, out=np.zeros_like(prod))
+    return np.clip(rho, -1.0, 1.0)
+
+
 def correlation(V: ArrayLike) -> NDArray[np.float64]:
     """Correlation matrix rho_ab = V_ab / sqrt(V_aa V_bb), shape (..., m, m).
 
@@ -42,13 +51,19 @@ def correlation(V: ArrayLike) -> NDArray[np.float64]:
     """
     V = _as_square_batch(V)
     d = np.diagonal(V, axis1=-2, axis2=-1)
-    prod = d[..., :, None] * d[..., None, :]
-    ok = prod > 0
-    rho = np.divide(V, np.sqrt(np.where(ok, prod, 1.0)), where=ok, out=np.zeros_like(V))
-    rho = np.clip(rho, -1.0, 1.0)
+    rho = _ratio(V, d[..., :, None], d[..., None, :])
     m = V.shape[-1]
     rho[..., np.arange(m), np.arange(m)] = 1.0
     return rho
+
+
+def pair_correlations(V: ArrayLike) -> NDArray[np.float64]:
+    """The entries rho_ab, a < b, of ``correlation`` (row by row), shape (..., m (m - 1) / 2):
+    only those are computed."""
+    V = _as_square_batch(V)
+    a, b = np.triu_indices(V.shape[-1], k=1)
+    d = np.diagonal(V, axis1=-2, axis2=-1)
+    return _ratio(V[..., a, b], d[..., a], d[..., b])
 
 
 def stable_rank(V: ArrayLike) -> NDArray[np.float64]:

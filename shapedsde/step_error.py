@@ -122,23 +122,18 @@ class StepError:
         return text
 
 
-def _pair_correlations(V: NDArray) -> NDArray[np.float64]:
-    """rho_ab (a < b) of V (..., m, m), shape (..., pairs)."""
-    a, b = np.triu_indices(V.shape[-1], k=1)
-    return metrics.correlation(np.asarray(V, np.float64))[..., a, b]
-
-
 def paired_shifts(x: NDArray, y: NDArray) -> tuple[NDArray, NDArray]:
     """Differences y - x of the mean and of the QUANTILES, and their standard errors, for
     paired samples x, y of shape (paths, K): two arrays (K, 1 + len(QUANTILES))."""
     n = x.shape[0]
     terms = [y - x]  # per-path terms whose average is each difference
     sd = np.std(x, axis=0)
-    iqr = np.subtract(*np.quantile(x, [0.75, 0.25], axis=0))
-    h = 0.9 * np.maximum(np.minimum(sd, iqr / 1.34), 1e-12) * n ** -0.2
-    for q in np.quantile(x, QUANTILES, axis=0):
-        density = np.mean(np.exp(-0.5 * ((q - x) / h) ** 2), axis=0) / (h * np.sqrt(2 * np.pi))
-        cdf_shift = special.ndtr((q - y) / h) - special.ndtr((q - x) / h)
+    *quantiles, q75, q25 = np.quantile(x, (*QUANTILES, 0.75, 0.25), axis=0)  # one partition
+    h = 0.9 * np.maximum(np.minimum(sd, (q75 - q25) / 1.34), 1e-12) * n ** -0.2
+    for q in quantiles:
+        u = (q - x) / h
+        density = np.mean(np.exp(-0.5 * u ** 2), axis=0) / (h * np.sqrt(2 * np.pi))
+        cdf_shift = special.ndtr((q - y) / h) - special.ndtr(u)
         terms.append(-cdf_shift / np.maximum(density, 1e-12))
     terms_ = np.stack(terms, axis=-1)  # (paths, K, statistics)
     return terms_.mean(axis=0), terms_.std(axis=0) / np.sqrt(max(n, 1))
@@ -158,7 +153,7 @@ def estimate(V: NDArray, exploded: NDArray[np.bool_], V_other: NDArray,
     factor = _richardson(relation, order)
     dt_other = 2.0 * dt if relation == "coarse" else 0.5 * dt
     both = ~exploded & ~exploded_other
-    rho, rho_other = _pair_correlations(V[both]), _pair_correlations(V_other[both])
+    rho, rho_other = metrics.pair_correlations(V[both]), metrics.pair_correlations(V_other[both])
     times, pairs = rho.shape[1:]
     later = slice(1, None)  # t = 0 is exact
     gap, se = (np.zeros((times, pairs, 1 + len(QUANTILES))) for _ in range(2))

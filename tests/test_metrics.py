@@ -11,6 +11,7 @@ from shapedsde.metrics import (
     effective_rank,
     offdiag_mean,
     offdiag_pairs,
+    pair_correlations,
     stable_rank,
 )
 
@@ -42,6 +43,18 @@ def test_correlation_diagonal_exactly_one_and_in_range():
     np.testing.assert_array_equal(np.diagonal(rho, axis1=-2, axis2=-1), 1.0)
     assert np.all(np.abs(rho) <= 1.0)
     np.testing.assert_allclose(rho, np.swapaxes(rho, -1, -2))
+
+
+def test_pair_correlations_are_the_upper_entries_of_correlation():
+    V = wishart(np.random.default_rng(2), (6, 3), m=4, n=3)
+    V[0, 0, 1, 1] = 0.0  # zero variance: 0, as in correlation
+    V[1, 2, 0, 3] = V[1, 2, 3, 0] = 5.0  # not PSD: clipped, as in correlation
+    a, b = np.triu_indices(4, k=1)
+    pairs = pair_correlations(V)
+    assert pairs.shape == (6, 3, 6)
+    np.testing.assert_array_equal(pairs, correlation(V)[..., a, b])
+    with pytest.raises(ValueError, match="square"):
+        pair_correlations(np.ones((3, 4)))
 
 
 @pytest.mark.parametrize("fn", [correlation, stable_rank, effective_rank])
