@@ -33,6 +33,7 @@ from scipy import stats
 from tqdm.auto import tqdm
 
 import shapedsde as sd
+from shapedsde.compile_cache import cache_from_environment
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after selecting the non-interactive backend)
@@ -106,6 +107,7 @@ def parse_args(name: str, doc: str | None, argv: Sequence[str] | None) -> Option
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     args = parser.parse_args(list(argv) if argv is not None else None)
+    cache_from_environment()  # opt-in: SHAPEDSDE_CACHE_DIR (shapedsde.compile_cache)
     return Options(name=name, quick=args.quick, outdir=args.outdir, seed=args.seed,
                    progress=not args.no_progress)
 

@@ -23,6 +23,7 @@ from .blocks import (
 )
 from .coefficients import diffusion_cov, drift
 from .compare import Comparison, compare
+from .compile_cache import enable_compilation_cache
 from .defaults import default_covariance
 from .metrics import correlation, effective_rank, stable_rank
 from .network import simulate_network
@@ -49,6 +50,7 @@ __all__ = [
     "diffusion_cov",
     "drift",
     "effective_rank",
+    "enable_compilation_cache",
     "nngp_kernel",
     "nngp_layer",
     "plot_correlation_bands",

@@ -23,6 +23,7 @@ from types import ModuleType
 from . import __version__
 from ._batching import key_record
 from .blocks import Block, ShapedAttention, ShapedMLP, ShapedTransformerBlock
+from .compile_cache import cache_from_environment
 from .defaults import default_covariance
 from .trajectories import Trajectories
 from .validation import (
@@ -468,6 +469,7 @@ def main(argv: list[str] | None = None) -> int:
         args = make_parser().parse_args(argv)
     except SystemExit as stop:  # --help (0) or an argparse error (2, message already printed)
         return stop.code if isinstance(stop.code, int) else 2
+    cache_from_environment()  # opt-in: SHAPEDSDE_CACHE_DIR (shapedsde.compile_cache)
     try:
         return COMMANDS[args.command](args)
     except (ValueError, TypeError) as err:
