@@ -9,7 +9,8 @@ took 3.0 s instead of 8.0-8.4 s once the cache held its program.
 It is off unless asked for, because JAX's CPU cache is not equally sound everywhere: XLA
 compiles for the host's CPU features, on some CPUs its loader rejects every entry (logging an
 error at each load, then compiling as without a cache), and a cache shared between machines or
-JAX versions could hand a process code built for another CPU. So the folder JAX gets is a
+JAX versions could hand a process code built for another CPU (and older JAX versions write
+nothing for the CPU: with jax 0.6.2 the folder stays empty). So the folder JAX gets is a
 subfolder named after the JAX and jaxlib versions and the host's CPU (architecture and feature
 flags): machines sharing a home folder do not share entries. JAX treats the cache as trusted
 code: keep it in a folder only you can write to.
