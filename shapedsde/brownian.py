@@ -100,7 +100,7 @@ class Increments(eqx.Module):
         branches = (base, fine, coarse, coarse_r)
         if isinstance(mode, int):  # static: no conditional in the step (see _solve_batch)
             branch = branches[min(mode, COARSE + 1)]
-            mode = jnp.asarray(mode, jnp.int32)
+            mode = jnp.asarray(mode, jnp.int32)  # coarse_r reads r from it
             return branch()
         return jax.lax.switch(jnp.minimum(mode, COARSE + 1), branches)
 

@@ -86,10 +86,6 @@ MIN_DT = 2.0**-15
 MAX_STEPS = 2**30  # step indices are exact integers, and bridge streams start at 2^31
 
 
-def _always(solver_state: Any) -> Array:
-    return jnp.asarray(True)
-
-
 def initial_state(V0: Array, n_paths: int, normalize: str | None) -> SDEState:
     V, L, _, _ = onto_state_space(sym(V0[None]), normalize, jnp.ones((1,), bool))
     V = mirror_lower(V)
@@ -138,7 +134,7 @@ def _solve_batch(sde: CovarianceSDE, solver: str, words: Array, V0: Array, save_
         y, state = carry
         start = (jnp.zeros((), jnp.int32), y, state)
         if state is None:  # normalised: nothing to refine
-            _, y, _ = steps_while(terms, False, _always, start)
+            _, y, _ = steps_while(terms, False, lambda _: True, start)
         else:  # alternate runs of plain and of refining steps, as the state says
             plain = functools.partial(steps_while, base_terms, False, lambda grown: base & ~grown)
             refining = functools.partial(steps_while, terms, True, lambda grown: ~base | grown)

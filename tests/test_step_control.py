@@ -249,6 +249,24 @@ def test_substep_increments_are_one_brownian_path_on_every_grid():
     assert 0.8 < spread < 1.2, spread
 
 
+def test_a_static_grid_mode_reads_the_increments_of_the_traced_one():
+    """``sde._solve_batch`` reads the base grid's plain steps with the mode as a Python int (no
+    conditional in the step) and the other steps with a traced mode: both read the same
+    increments, on every grid."""
+    import jax.numpy as jnp
+
+    from shapedsde.brownian import BASE, COARSE, FINE, Increments
+
+    inc = Increments(jnp.array([[3, 7], [11, 5], [2, 9]], jnp.uint32), 2, 3, "float32")
+    for mode in (BASE, FINE, COARSE, 4):
+        static = jax.jit(lambda step, h, mode=mode: inc(step, h, mode))
+        traced = jax.jit(lambda step, h, mode: inc(step, h, mode))
+        for step in (0, 5, 12):
+            args = (jnp.uint32(step), jnp.float32(0.25))
+            np.testing.assert_array_equal(np.asarray(static(*args)),
+                                          np.asarray(traced(*args, jnp.int32(mode))))
+
+
 @pytest.mark.slow
 def test_crossing_fraction_converges_in_dt_on_one_brownian_path():
     """Figure 7's setting (hot attention, V0 = I, no normalisation, bound 1000, T = 2), 2000
