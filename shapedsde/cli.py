@@ -16,6 +16,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from fractions import Fraction
 from pathlib import Path
 from types import ModuleType
@@ -469,7 +470,11 @@ def main(argv: list[str] | None = None) -> int:
         args = make_parser().parse_args(argv)
     except SystemExit as stop:  # --help (0) or an argparse error (2, message already printed)
         return stop.code if isinstance(stop.code, int) else 2
-    cache_from_environment()  # opt-in: SHAPEDSDE_CACHE_DIR (shapedsde.compile_cache)
+    with warnings.catch_warnings(record=True) as caught:  # opt-in: SHAPEDSDE_CACHE_DIR
+        warnings.simplefilter("always")
+        cache_from_environment()
+    for warning in caught:
+        print(f"{PROG}: warning: {warning.message}", file=sys.stderr)
     try:
         return COMMANDS[args.command](args)
     except (ValueError, TypeError) as err:

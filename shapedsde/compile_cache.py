@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import warnings
 from pathlib import Path
 
 import jax
@@ -80,8 +81,13 @@ def enable_compilation_cache(path: str | os.PathLike[str] | None = None) -> Path
 
 def cache_from_environment() -> Path | None:
     """``enable_compilation_cache`` on the folder ``SHAPEDSDE_CACHE_DIR`` names ("default":
-    ``default_cache_dir()``); None, and nothing done, where it is unset or empty."""
+    ``default_cache_dir()``); None, and nothing done, where it is unset or empty. A folder that
+    cannot be used gets a ``RuntimeWarning`` (the run goes on without the cache)."""
     value = os.environ.get(CACHE_ENV, "").strip()
     if not value:
         return None
-    return enable_compilation_cache(None if value == "default" else value)
+    folder = enable_compilation_cache(None if value == "default" else value)
+    if folder is None:
+        warnings.warn(f"{CACHE_ENV}={value!r}: cannot create or write that folder; compiling "
+                      "without the cache", RuntimeWarning, stacklevel=2)
+    return folder

@@ -59,6 +59,11 @@ def test_environment_turns_it_on_only_when_set(monkeypatch, tmp_path, restore_ca
     jax.config.update("jax_compilation_cache_dir", None)
     monkeypatch.delenv(CACHE_ENV, raising=False)
     assert cache_from_environment() is None and not jax.config.jax_compilation_cache_dir
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv(CACHE_ENV, str(blocker / "cache"))
+    with pytest.warns(RuntimeWarning, match="cannot create or write"):
+        assert cache_from_environment() is None
     monkeypatch.setenv(CACHE_ENV, "default")
     monkeypatch.setattr(compile_cache, "default_cache_dir", lambda: tmp_path / "xdg")
     assert cache_from_environment() == tmp_path / "xdg" / machine_tag()
@@ -81,3 +86,16 @@ def test_cli_runs_load_the_cache_and_give_the_same_result(tmp_path):
         outs.append(Trajectories.load(out))
     np.testing.assert_array_equal(outs[0].V, outs[1].V)
     assert outs[0].config["step_error"] == outs[1].config["step_error"]
+
+
+def test_cli_warns_in_one_line_when_the_cache_folder_cannot_be_used(
+        monkeypatch, tmp_path, capsys, restore_cache_dir):
+    from shapedsde.cli import main
+
+    jax.config.update("jax_compilation_cache_dir", None)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv(CACHE_ENV, str(blocker / "cache"))
+    assert main(["compare", "--gamma", "2"]) == 2  # fails after the cache step, quickly
+    err = capsys.readouterr().err
+    assert f"shapedsde: warning: {CACHE_ENV}=" in err and "Traceback" not in err
