@@ -69,21 +69,37 @@ def test_environment_turns_it_on_only_when_set(monkeypatch, tmp_path, restore_ca
     assert cache_from_environment() == tmp_path / "xdg" / machine_tag()
 
 
+COUNT_HITS_AND_RUN = """
+import sys, jax
+from shapedsde.cli import main
+hits = []
+HIT = "/jax/compilation_cache/cache_hits"
+jax.monitoring.register_event_listener(lambda event, **kw: event == HIT and hits.append(event))
+status = main(sys.argv[1:])
+print("cache hits:", len(hits))
+sys.exit(status)
+"""
+
+
 @pytest.mark.slow  # two fresh processes, each compiling or loading the solver
 def test_cli_runs_load_the_cache_and_give_the_same_result(tmp_path):
+    """The first process writes the compiled programs, the second loads them (JAX counts
+    the hits) and gives bit-identical paths and step error."""
     env = {**os.environ, CACHE_ENV: str(tmp_path / "cache")}
     env.pop("JAX_COMPILATION_CACHE_DIR", None)
-    outs = []
+    outs, hits = [], []
     for run in range(2):
         out = tmp_path / f"run{run}.npz"
         proc = subprocess.run(
-            [sys.executable, "-m", "shapedsde.cli", "simulate", "--paths", "64", "--T", "0.25",
-             "--n-save", "5", "--no-progress", "--out", str(out)],
+            [sys.executable, "-c", COUNT_HITS_AND_RUN, "simulate", "--paths", "64", "--T",
+             "0.25", "--n-save", "5", "--no-progress", "--out", str(out)],
             capture_output=True, text=True, timeout=300, env=env)
         assert proc.returncode == 0, proc.stderr
         entries = list((tmp_path / "cache" / machine_tag()).iterdir())
         assert entries, "the first run wrote no compiled program"
+        hits.append(int(proc.stdout.rsplit("cache hits:", 1)[1]))
         outs.append(Trajectories.load(out))
+    assert hits[0] == 0 and hits[1] > 0, hits
     np.testing.assert_array_equal(outs[0].V, outs[1].V)
     assert outs[0].config["step_error"] == outs[1].config["step_error"]
 
