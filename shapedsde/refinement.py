@@ -25,10 +25,10 @@ level the path overshoots and is flagged; there log |V| drifts upward so strongl
 itself escapes to the bound with probability close to one.
 
 Hot paths are few: their levels are computed in groups (only the paths above a calm scale
-cost a drift evaluation), then those at levels k > 0 are refined together in groups of
-``GROUP`` (``_batching.in_groups``, as the PSD repairs), each substep's Brownian increment read
-from the tree when it is taken (the normals on the way down to its node, not the 2^depth
-leaves of the step).
+cost a drift evaluation), then those at levels k > 0 are refined together in small groups
+(``group_size``; ``_batching.in_groups``, as the PSD repairs), each substep's Brownian
+increment read from the tree when it is taken (the normals on the way down to its node, not
+the 2^depth leaves of the step).
 A path's result therefore depends on that path alone (its state and its Brownian path), not
 on the batch or the group it is refined in (tested to rounding, ``tests/test_sde.py``).
 """
@@ -54,12 +54,26 @@ REFERENCE_STEP = 2.0**-8
 """The step at which a substep's relative drift change is at most MAX_CHANGE."""
 MAX_LEVEL = 8
 """A step is split into at most 2^MAX_LEVEL substeps."""
-GROUP = 8
-"""Hot paths refined together."""
+LEVEL_GROUP = 32
+"""Paths whose refinement level is evaluated together (``_levels_of``)."""
 HEADROOM = 2
 """Levels a path may deepen by within a step (its drift rate growing 4-fold): its Brownian
 increments are read to its starting level plus this (at most MAX_LEVEL). With 0, figure 7's
 crossing fraction at dt = 1/512 was 4.4% against 3.75% (2000 paths, one Brownian path)."""
+
+
+def group_size(m: int) -> int:
+    """Hot paths refined together at m tokens. A group's walks run as one vectorised loop, as
+    long as its longest walk, and every substep draws all tree levels' normals for each path
+    of the group (``brownian.Increments.node``: 10 blocks of n_noise m^2). At m = 2 those are
+    cheap and a group of 8 shares each substep's fixed cost: figure 7's ladder (1024 paths,
+    steps 1/512 and 1/2048) took 1.8 and 6.8 s in groups of 8, 2.6 and 9.7 s in groups of 4,
+    4.1 and 15.9 s in pairs. From m = 3 the draws dominate and a group mostly pays for paths
+    that are not hot: in pairs, hot attention (tau0 0.3, gamma 0.9, dt 1/256, 1000 paths, T 1)
+    took 0.63 against 1.2-1.3 s at m = 3 and 1.0-1.1 against 2.1-2.4 s at m = 4, and the cool
+    default's base solve at m = 8 (keys 1-5) 2.09 against 2.28 s; single paths were no
+    cheaper (m = 8, tau0 0.5: 3.5-3.9 s against 3.3-3.5 s in pairs)."""
+    return 8 if m <= 2 else 2
 
 
 def levels(drift_rate: Array) -> Array:
@@ -121,13 +135,13 @@ def may_need_refinement(y: Any, calm: Array) -> Array:
 
 def _levels_of(block: Any, V: Array, grown: Array) -> Array:
     """``levels`` (B,) of the ``grown`` paths of the batch (0 elsewhere), their drifts evaluated
-    in groups of 4 GROUP: only those paths cost a drift evaluation."""
+    in groups of LEVEL_GROUP: only those paths cost a drift evaluation."""
 
     def chunk(idx: Array, todo: Array, level: Array) -> tuple[Array, Array]:
         rate = jax.vmap(functools.partial(_rate, block))(mirror_lower(V[idx]))
         return level.at[idx].set(jnp.where(todo, levels(rate), level[idx])), todo
 
-    return in_groups(grown.astype(jnp.int32), 4 * GROUP, chunk,
+    return in_groups(grown.astype(jnp.int32), LEVEL_GROUP, chunk,
                      jnp.zeros(grown.shape, jnp.int32))
 
 
@@ -135,9 +149,9 @@ def refine(solver: Any, terms: Any, y0: Any, y1: Any, t0: Array, t1: Array, step
     """``y1`` (the plain step of the batch from ``y0``) with the hot paths redone in substeps.
     A path above ``solver.calm`` at level k > 0 at the start of the step is redone, going
     down to level min(k + HEADROOM, MAX_LEVEL) at most; such paths are taken in groups of
-    ``GROUP``, deepest first (so that a group's walks take similar numbers of substeps), each
-    on its own Brownian path and to its own depth: a path does not depend on the paths it is
-    grouped with. Paths at level 0 keep their plain step."""
+    ``group_size(m)``, deepest first (so that a group's walks take similar numbers of
+    substeps), each on its own Brownian path and to its own depth: a path does not depend on
+    the paths it is grouped with. Paths at level 0 keep their plain step."""
     increments = terms.terms[1].increments
     grown = may_need_refinement(y0, solver.calm)
     level = _levels_of(solver.sde.block, y0.V, grown)
@@ -156,4 +170,4 @@ def refine(solver: Any, terms: Any, y0: Any, y1: Any, t0: Array, t1: Array, step
         return jax.tree_util.tree_map(put, y1, redone), todo
 
     deepest_first = jnp.where(grown & (level > 0), depth + 1, 0)
-    return in_groups(deepest_first, GROUP, group, y1)
+    return in_groups(deepest_first, group_size(y0.V.shape[-1]), group, y1)

@@ -55,6 +55,28 @@ def test_refined_paths_do_not_depend_on_their_batch():
     np.testing.assert_allclose(small.V, big.V, rtol=1e-6, atol=1e-6)
 
 
+def test_refined_paths_do_not_depend_on_the_group_size(monkeypatch):
+    """The refinement's group size (``refinement.group_size``: pairs from 3 tokens on) is a
+    matter of cost only: hot paths of 3 tokens refined in groups of 8 and in pairs agree to
+    rounding."""
+    from shapedsde import refinement
+
+    hot = sd.ShapedAttention(tau0=0.3, gamma=0.9)
+    kw = dict(T=2.0, dt=1 / 64, n_save=2, n_paths=64, solver="congruence", progress=False)
+    V0_3 = sd.default_covariance(3)
+    pairs = sd.solve_sde(hot, V0_3, key=jax.random.key(4), **kw)
+    assert refinement.group_size(3) == 2
+    monkeypatch.setattr(refinement, "group_size", lambda m: 8)
+    jax.clear_caches()  # the group size is read when the solve is traced
+    eights = sd.solve_sde(hot, V0_3, key=jax.random.key(4), **kw)
+    assert 0.02 < pairs.exploded_fraction < 0.5  # refinement was at work
+    np.testing.assert_array_equal(eights.exploded, pairs.exploded)
+    np.testing.assert_allclose(eights.explosion_time, pairs.explosion_time)
+    # lanes of 8 and of 2 round differently, and hot paths amplify it (1.5e-4 at most here);
+    # a group that changed a path's substeps would move it by far more
+    np.testing.assert_allclose(eights.V, pairs.V, rtol=1e-3, atol=1e-5)
+
+
 def test_diffrax_step_is_the_plain_or_the_refining_step():
     """The solvers' diffrax ``step`` (a ``cond`` on the solver state) takes ``step_as``'s
     refining step where the state says some path may need it and the plain one elsewhere;
