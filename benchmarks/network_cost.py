@@ -30,7 +30,7 @@ import jax
 import numpy as np
 
 import shapedsde as sd
-from shapedsde.network import default_chunk_size
+from shapedsde.network.simulate import default_chunk_size
 
 WIDTHS = (64, 128, 256, 512, 1024, 2048, 4096)
 QUICK_WIDTHS = (64, 256)

@@ -3,7 +3,7 @@
 The SDE is shaped attention (gamma 0.5, tau0 1, one head, no normalisation) from
 V0_ab = 0.8^|a-b| to T = 1 with dt = 1/256, float32. Three implementations, timed in the same run:
 
-* ``solve_sde``: the library (diffrax), as a user calls it (``progress=False``);
+* ``solve_sde``: the library, as a user calls it (``progress=False``);
 * (a) ``scan``: a plain ``jax.lax.scan`` + ``vmap`` Euler-Maruyama written here from the SPEC
   formulas: per-path threefry keys (``fold_in(key, step)`` then ``jax.random.normal``), a Cholesky
   square root and two m x m Gaussian matrices per step;
@@ -11,7 +11,8 @@ V0_ab = 0.8^|a-b| to T = 1 with dt = 1/256, float32. Three implementations, time
   ``linalg.cholesky``), looping over steps; and ``numpy loop``, the literal loop over paths and
   steps (one m x m Cholesky and a few small products per path-step), timed on 20 paths.
 
-"noise/s" is the rate of drawing ``solve_sde``'s noise alone (``noise_floor``), and "bound"
+"noise/s" is the rate of drawing ``solve_sde``'s noise alone (``noise_floor``: its Brownian
+path's increments, ``MatrixBrownianPath.evaluate``), and "bound"
 that rate over vectorised NumPy's: no Euler solver that draws this noise can be more than
 "bound" times faster than (b), whatever the rest of its step costs.
 
@@ -64,7 +65,7 @@ from jax.sharding import PartitionSpec as P  # noqa: E402
 from network_cost import machine  # noqa: E402
 
 import shapedsde as sd  # noqa: E402
-from shapedsde.brownian import standard_normal_matrices  # noqa: E402
+from shapedsde.sde import MatrixBrownianPath  # noqa: E402
 
 GAMMA, TAU0, T, DT = 0.5, 1.0, 1.0, 2.0**-8
 MS = (4, 8, 16, 32)
@@ -178,9 +179,11 @@ def noise_floor(m: int, n_paths: int, n_steps: int) -> Callable[[int], jax.Array
 
     @jax.jit
     def total(words: jax.Array) -> jax.Array:
+        path = MatrixBrownianPath(words, DT, n, m, "float32")
+
         def body(k: jax.Array, acc: jax.Array) -> jax.Array:
-            z = standard_normal_matrices(words, k.astype(jnp.uint32), n, m, jnp.float32)
-            return acc + jnp.sum(z)
+            t = k.astype(jnp.float32) * DT
+            return acc + jnp.sum(path.evaluate(t, t + DT))
 
         return jax.lax.fori_loop(0, n_steps, body, jnp.zeros((), jnp.float32))
 

@@ -4,7 +4,8 @@ For a statistic S of the law of V_T (mean and 5/50/95% quantiles of every rho_ab
 the paths that did not blow up; without normalisation also the fraction of paths that blew
 up by T), a scheme of weak order p has S(dt) = S(0) + c dt^p + o(dt^p). We solve n paths at
 a reference step dt_ref and, on the SAME Brownian path, at dt = r dt_ref, r = 2, 4, ..., 2^7
-(``_Problem.solve`` in mode r sums r increments of the reference grid), and report
+(``shapedsde.sde.solve`` with ``brownian_dt`` the reference step: each coarse step sums r
+increments of the reference grid), and report
 
     error(dt) = max over the statistics of |S(dt) - S(dt_ref)|,
 
@@ -203,26 +204,42 @@ TIME_MIN_DT = 2.0**-10
 number of steps, from the smallest timed step."""
 
 
-def make_problem(setting: Setting, solver: str, key: int):
-    import jax
-    import jax.numpy as jnp
+class Problem:
+    """Solves of a setting with one solver on the Brownian path of one key, through the public
+    driver ``shapedsde.sde.solve``."""
 
-    from shapedsde.blocks.base import traced_parameters
-    from shapedsde.schemes import CovarianceSDE
-    from shapedsde.sde import _Problem
+    def __init__(self, setting: Setting, solver: str, key: int):
+        import jax
+        import jax.numpy as jnp
 
-    m = setting.V0.shape[0]
-    sde = CovarianceSDE(traced_parameters(setting.block, jnp.float32), setting.normalize,
-                        "project", m, "float32")
-    scale = 1.0 if setting.normalize == "rms" else float(np.max(np.diag(setting.V0)))
-    return _Problem(sde, solver, jax.random.key(key), jnp.asarray(setting.V0, jnp.float32),
-                    jnp.asarray([0.0, setting.T], jnp.float32),
-                    jnp.float32(BLOWUP_BOUND * scale), 1024)
+        from shapedsde.blocks import normalized, traced_parameters
+        from shapedsde.sde import make_solver
+
+        target = normalized(setting.block) if setting.normalize == "rms" else setting.block
+        self.block = traced_parameters(target.unnormalized(), jnp.float32)
+        self.V0 = jnp.asarray(setting.V0, jnp.float32)
+        scale = 1.0 if setting.normalize == "rms" else float(np.max(np.diag(setting.V0)))
+        self.solver = make_solver(solver, self.block, self.V0,
+                                  normalized=target.is_normalized,
+                                  bound=jnp.float32(BLOWUP_BOUND * scale))
+        self.T, self.key = setting.T, jax.random.key(key)
+
+    def solve(self, n: int, steps: int, r: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """(V, blow-up times) of n paths at ``steps`` steps over [0, T], on the Brownian path
+        laid out on r times as many steps (each step sums r of its increments)."""
+        import jax.numpy as jnp
+
+        from shapedsde.sde import solve
+
+        out = solve(self.solver, self.block, self.V0, jnp.asarray([0.0, self.T], jnp.float32),
+                    steps, key=self.key, n_paths=n, brownian_dt=self.T / (steps * r),
+                    chunk_size=1024)
+        return out.V, out.t_explode
 
 
 def final_rho(V: np.ndarray, t_exp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """rho_ab (a < b) at the last saved time (n, pairs) and the blow-up flags (n,)."""
-    from shapedsde import metrics
+    from shapedsde.analysis import metrics
 
     m = V.shape[-1]
     a, b = np.triu_indices(m, k=1)
@@ -231,13 +248,13 @@ def final_rho(V: np.ndarray, t_exp: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 
 def ladder(setting: Setting, solver: str, n: int, log2_dt_ref: int, rs: list[int]) -> dict:
     """Reference and coupled coarser solves; the errors and their SEs."""
-    problem = make_problem(setting, solver, key=0)
+    problem = Problem(setting, solver, key=0)
     steps = round(setting.T * 2.0**-log2_dt_ref)
     t0 = time.perf_counter()
-    ref = final_rho(*problem.solve(0, n, steps, 0, False)[:2])
+    ref = final_rho(*problem.solve(n, steps))
     levels = []
     for r in rs:
-        rho, expl = final_rho(*problem.solve(0, n, steps // r, r, False)[:2])
+        rho, expl = final_rho(*problem.solve(n, steps // r, r))
         diff, se = paired_difference(rho, expl, *ref, setting.crossing)
         err, err_se, i = max_error(diff, se)
         levels.append({"r": r, "dt": setting.T / (steps // r), "error": err, "se": err_se,
@@ -267,16 +284,16 @@ def stat_name(i: int, crossing: bool, pairs: int) -> str:
 def time_levels(setting: Setting, solvers: list[str], dts: list[float], rounds: int) -> dict:
     """Best wall time of a base-mode solve of TIME_PATHS paths at each step, per solver, the
     solvers alternating within each round (compiled first)."""
-    problems = {s: make_problem(setting, s, key=1) for s in solvers}
+    problems = {s: Problem(setting, s, key=1) for s in solvers}
     for s in solvers:  # compile (the chunk shape of TIME_PATHS paths)
-        problems[s].solve(0, TIME_PATHS, 2, 0, False)
+        problems[s].solve(TIME_PATHS, 2)
     times = {s: np.full((rounds, len(dts)), np.inf) for s in solvers}
     for k in range(rounds):
         for j, dt in enumerate(dts):
             order = solvers if (k + j) % 2 == 0 else solvers[::-1]
             for s in order:
                 t0 = time.perf_counter()
-                problems[s].solve(0, TIME_PATHS, round(setting.T / dt), 0, False)
+                problems[s].solve(TIME_PATHS, round(setting.T / dt))
                 times[s][k, j] = time.perf_counter() - t0
     return {s: times[s].min(axis=0).tolist() for s in solvers}
 
@@ -368,11 +385,8 @@ def cool_default(ms: tuple[int, ...], rounds: int) -> dict:
 
 # -- driver ---------------------------------------------------------------------------------
 def run_setting(setting: Setting, quick: bool, rounds: int) -> dict:
-    from shapedsde.schemes import supports_congruence
-
-    m = setting.V0.shape[0]
     pairs = n_pairs(setting)
-    solvers = ["euler"] + (["congruence"] if supports_congruence(setting.block, m) else [])
+    solvers = ["euler"] + (["congruence"] if setting.block.has_noise_factor else [])
     log2_ref = -10 if quick else setting.log2_dt_ref
     n = 1024 if quick else setting.paths
     rs = [2**k for k in range(1, 5 if quick else 8)]

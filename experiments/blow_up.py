@@ -15,7 +15,7 @@ Setting: two orthogonal tokens (V0 = I), shaped attention tau0 = 0.3, gamma = 0.
 With a fixed step the explosion fraction used to depend on dt (18% -> 6% as dt fell from 2^-8
 to 2^-14): once v ~ (gamma^2 / tau0^2 dt)^{-1/2} one step of the cubic drift overshoots the
 bound, while the exact SDE may still turn back (rho_12 -> 1 switches the cubic drift off for
-m = 2). The solver now refines the step of such paths (``shapedsde.refinement``), so the
+m = 2). The solver now refines the step of such paths (``shapedsde.sde.Refined``), so the
 crossing fraction converges in dt; the figure shows it does, and what the networks do: their
 tails sit above the SDE's and approach them slowly with the width (the widest, 16384, has
 32768 layers, affordable because the reduced simulator's cost per layer does not depend on the

@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 
 import shapedsde as sd  # noqa: E402
 from experiments import _common as C  # noqa: E402
-from shapedsde.metrics import offdiag_mean  # noqa: E402
+from shapedsde.analysis.metrics import offdiag_mean  # noqa: E402
 
 NAME = "rank_collapse"
 FULL: dict[str, Any] = {

@@ -10,33 +10,42 @@
     >>> print(sd.compare(sde, net).final())
 """
 
+from .analysis import (
+    Comparison,
+    Trajectories,
+    compare,
+    correlation,
+    effective_rank,
+    plot_correlation_bands,
+    stable_rank,
+)
 from .blocks import (
     Block,
     NoNNGPLimitError,
+    Normalized,
     NoSDELimitError,
+    Serial,
     ShapedAttention,
     ShapedMLP,
     ShapedTransformerBlock,
     StandardAttention,
     StandardMLP,
     StandardTransformerBlock,
+    normalized,
 )
-from .coefficients import diffusion_cov, drift
-from .compare import Comparison, compare
 from .compile_cache import enable_compilation_cache
 from .defaults import default_covariance
-from .metrics import correlation, effective_rank, stable_rank
-from .network import simulate_network
-from .nngp import nngp_kernel, nngp_layer, simulate_infinite_width
-from .plotting import plot_correlation_bands
-from .sde import solve_sde
-from .trajectories import Trajectories
+from .infinite_width import nngp_kernel, nngp_layer, simulate_infinite_width
+from .network import one_layer_moments, simulate_network
+from .sde import diffusion_cov, drift, solve_sde
 
 __all__ = [
     "Block",
     "Comparison",
     "NoNNGPLimitError",
     "NoSDELimitError",
+    "Normalized",
+    "Serial",
     "ShapedAttention",
     "ShapedMLP",
     "ShapedTransformerBlock",
@@ -53,6 +62,8 @@ __all__ = [
     "enable_compilation_cache",
     "nngp_kernel",
     "nngp_layer",
+    "normalized",
+    "one_layer_moments",
     "plot_correlation_bands",
     "simulate_infinite_width",
     "simulate_network",

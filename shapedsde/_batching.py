@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import Array
-from jax.sharding import Mesh, PartitionSpec
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 PATHS = "paths"
@@ -96,18 +96,50 @@ def padded_chunk_size(n: int, chunk_size: int) -> int:
     return -(-max(1, min(chunk_size, bucket)) // devices) * devices
 
 
-def run_chunked(fn: Callable[[Array], tuple[Array, ...]], key: Array, n: int, chunk_size: int,
-                *, first: int = 0, progress: bool, desc: str) -> tuple[np.ndarray, ...]:
-    """Concatenate ``fn(path_keys(chunk))`` over the chunks of paths first, ..., first + n - 1,
-    dropping the padding."""
+class ChunkedResult:
+    """Arrays of n paths filled chunk by chunk (``put``), allocated at the first chunk: the
+    result is held once, not twice."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.arrays: tuple[np.ndarray, ...] = ()
+
+    def put(self, rows: slice, outputs: tuple[Array, ...]) -> None:
+        """Store a chunk's outputs (leading axis: the padded chunk) in ``rows``."""
+        out = [np.asarray(o) for o in outputs]
+        if not self.arrays:
+            self.arrays = tuple(np.empty((self.n, *o.shape[1:]), o.dtype) for o in out)
+        for whole, o in zip(self.arrays, out, strict=True):
+            whole[rows] = o[:rows.stop - rows.start]
+
+
+def path_chunks(key: Array, n: int, chunk_size: int, *, first: int = 0, progress: bool,
+                desc: str) -> Iterator[tuple[slice, Array]]:
+    """For each chunk of paths first, ..., first + n - 1: the rows of the result it fills and
+    its keys (padded to one shape; ``on_devices``), with a progress bar over the paths."""
     chunk_size = padded_chunk_size(n, chunk_size)
-    result: tuple[np.ndarray, ...] = ()
     with tqdm(total=n, desc=desc, disable=not progress, unit="path", leave=False) as bar:
         for start, size in chunks(n, chunk_size):
-            out = [np.asarray(o) for o in fn(path_keys(key, first + start, chunk_size))]
-            if not result:  # filled in place: the result is held once, not twice
-                result = tuple(np.empty((n, *o.shape[1:]), o.dtype) for o in out)
-            for whole, o in zip(result, out, strict=True):
-                whole[start:start + size] = o[:size]
+            yield slice(start, start + size), on_devices(path_keys(key, first + start,
+                                                                   chunk_size))
             bar.update(size)
-    return result
+
+
+def on_devices(x: Array) -> Array:
+    """``x`` with its leading (paths) axis split over the local devices (unchanged on one
+    device): a jitted function of it then runs each device's share (GSPMD)."""
+    mesh = local_mesh()
+    if mesh.size == 1:
+        return x
+    return jax.device_put(x, NamedSharding(mesh, PartitionSpec(PATHS)))
+
+
+def run_chunked(fn: Callable[[Array], tuple[Array, ...]], key: Array, n: int, chunk_size: int,
+                *, first: int = 0, progress: bool, desc: str) -> tuple[np.ndarray, ...]:
+    """Concatenate ``fn(keys of a chunk)`` over the chunks of paths first, ..., first + n - 1,
+    dropping the padding."""
+    result = ChunkedResult(n)
+    for rows, keys in path_chunks(key, n, chunk_size, first=first, progress=progress,
+                                  desc=desc):
+        result.put(rows, fn(keys))
+    return result.arrays

@@ -23,10 +23,10 @@ from types import ModuleType
 
 from . import __version__
 from ._batching import key_record
+from .analysis.trajectories import Trajectories
 from .blocks import Block, ShapedAttention, ShapedMLP, ShapedTransformerBlock
 from .compile_cache import cache_from_environment
 from .defaults import default_covariance
-from .trajectories import Trajectories
 from .validation import (
     check_figure_path,
     check_int,
@@ -94,6 +94,7 @@ def block_description(block: Block) -> str:
             if k == "kind" or v is None:
                 continue
             parts.append(fmt(v) if isinstance(v, dict) else
+                         ", ".join(fmt(x) for x in v) if isinstance(v, list) else
                          f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}")
         return f"{config['kind']}({', '.join(parts)})"
     return fmt(block.config())
@@ -284,7 +285,7 @@ def _step_report(sde: Trajectories, args: argparse.Namespace) -> str:
     text = (f"SDE step ({sde.config.get('solver', 'euler')} solver): dt = {step:.6g} "
             f"({1 / step:.6g} steps per unit time)")
     error = sde.config.get("step_error")
-    if isinstance(error, dict) and error.get("rho") is not None:  # shapedsde.step_error
+    if isinstance(error, dict) and error.get("rho") is not None:  # shapedsde.sde.StepError
         text += (f", estimated step error on rho {error['rho']:.2g} (beyond 2 Monte Carlo "
                  f"SE: {max(error.get('excess', 0.0), 0.0):.2g})")
         if error.get("crossing") is not None:
@@ -335,9 +336,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     import jax
 
-    from .compare import compare
+    from .analysis import compare, plot_correlation_bands
     from .network import simulate_network
-    from .plotting import plot_correlation_bands
     from .sde import solve_sde
 
     block = build_block(args)

@@ -1,7 +1,7 @@
 """Reference law of rho_12 for two tokens under "rms": the Fokker-Planck equation of the
 one-dimensional SDE d rho = mu(rho) dt + sigma(rho) dB on [-1, 1], solved by finite volumes
 (Crank-Nicolson, zero flux at +-1). Independent of the SDE solvers: only the Ito-transformed
-coefficients of ``shapedsde.normalize`` at [[1, r], [r, 1]] enter."""
+coefficients of ``shapedsde.blocks.normalization`` at [[1, r], [r, 1]] enter."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 from scipy.sparse import diags, identity
 from scipy.sparse.linalg import splu
 
-from shapedsde.normalize import ito_diffusion_cov, ito_drift, rms
+from shapedsde.blocks.normalization import ito_diffusion_cov, ito_drift, rms
 
 
 def rho_law(block, T: float, cells: int = 4000, steps: int = 4000,

@@ -72,7 +72,7 @@ def test_cheap_noise_has_the_diffusion_covariance(block):
 
 
 def test_transformer_coefficients_add():
-    att, mlp = TRANSFORMER.attention, TRANSFORMER.mlp
+    att, mlp = TRANSFORMER.layers
     np.testing.assert_allclose(TRANSFORMER.drift(V), att.drift(V) + mlp.drift(V), rtol=1e-6)
     np.testing.assert_allclose(TRANSFORMER.diffusion_cov(V),
                                att.diffusion_cov(V) + mlp.diffusion_cov(V), rtol=1e-6)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import shapedsde as sd
-from shapedsde.moments import one_layer_moments
+from shapedsde.network.moments import one_layer_moments
 
 from helpers import assert_ks_family
 
@@ -31,9 +31,8 @@ def finite_width_drift(block: sd.Block, V: np.ndarray, width: int) -> np.ndarray
     ShapedMLP.drift_factor(n) = 1 - (c_+ + c_-) / sqrt(n) + O(1/n)."""
     if isinstance(block, sd.ShapedMLP):
         return block.drift_factor(width) * np.asarray(sd.drift(block, V), float)
-    if isinstance(block, sd.ShapedTransformerBlock):
-        return np.asarray(sd.drift(block.attention, V), float) + finite_width_drift(block.mlp, V,
-                                                                                    width)
+    if isinstance(block, sd.Serial):
+        return sum(finite_width_drift(layer, V, width) for layer in block.layers)
     return np.asarray(sd.drift(block, V), float)
 
 

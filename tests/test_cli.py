@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from shapedsde.analysis.trajectories import Trajectories
 from shapedsde.cli import coinciding_n_save, main, make_parser
-from shapedsde.trajectories import Trajectories
 
 README_EXAMPLE = re.compile(r"```python\n(import tempfile.*?)```", re.S)
 
@@ -130,7 +130,7 @@ def test_compare_other_blocks(tmp_path, capsys, block):
             "--heads", "2", "--out", str(tmp_path / "b.png")]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    name = {"mlp": "ShapedMLP", "transformer": "ShapedTransformerBlock"}[block]
+    name = {"mlp": "ShapedMLP", "transformer": "Serial(ShapedAttention"}[block]
     assert out.startswith(name) and "rho[0,1]" in out
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import shapedsde as sd
-from shapedsde.normalize import rms
+from shapedsde.blocks.normalization import rms
 
 from helpers import fd_ito, noise_covariance
 

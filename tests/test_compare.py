@@ -1,4 +1,4 @@
-"""Tests of shapedsde.compare on Wishart samples with known (equal or different) laws."""
+"""Tests of shapedsde.analysis.compare on Wishart samples with known (equal or different) laws."""
 
 import json
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from shapedsde.compare import Comparison, common_times, compare
-from shapedsde.metrics import correlation
-from shapedsde.trajectories import Trajectories
+from shapedsde.analysis.compare import Comparison, common_times, compare
+from shapedsde.analysis.metrics import correlation
+from shapedsde.analysis.trajectories import Trajectories
 
 
 def wishart_paths(

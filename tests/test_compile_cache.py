@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from shapedsde import compile_cache
+from shapedsde.analysis.trajectories import Trajectories
 from shapedsde.compile_cache import (
     CACHE_ENV,
     cache_from_environment,
@@ -17,7 +18,6 @@ from shapedsde.compile_cache import (
     enable_compilation_cache,
     machine_tag,
 )
-from shapedsde.trajectories import Trajectories
 
 
 @pytest.fixture

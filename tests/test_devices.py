@@ -35,11 +35,16 @@ CHILD = textwrap.dedent("""
     traj = sd.solve_sde(block, V0, key=jax.random.key(0), **{sde_kw})
     net = sd.simulate_network(block, V0, key=jax.random.key(0), **{net_kw})
     # the compiled solver's outputs live on both devices, half the paths each
-    csde = sde.CovarianceSDE(block, None, "project", 3, "float32")
-    keys = jax.random.split(jax.random.key(0), 4)
+    from shapedsde._batching import on_devices
+    from shapedsde.blocks import traced_parameters
+    from shapedsde.sde._driver import _integrate
+    stepped = traced_parameters(block, jnp.float32)
+    V0j = jnp.asarray(V0, jnp.float32)
+    solver = sde.make_solver("euler", stepped, V0j, normalized=False, bound=jnp.float32(1e3))
+    keys = on_devices(jax.random.split(jax.random.key(0), 4))
     save_ts = jnp.linspace(0.0, 0.25, 3)
-    Vs, _, _ = sde._solve_paths(csde, "euler", keys, jnp.asarray(V0, jnp.float32), save_ts,
-                                jnp.int32(8), jnp.float32(1e3), jnp.int32(0))
+    Vs, _, _ = _integrate(solver, stepped, keys, V0j, save_ts, jnp.int32(8),
+                          jnp.float32(1 / 32))
     shards = Vs.addressable_shards
     assert len(Vs.sharding.device_set) == 2 and [s.data.shape[0] for s in shards] == [2, 2]
     np.savez(sys.argv[1], sde=traj.V, net=net.V)

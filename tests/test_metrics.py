@@ -1,4 +1,4 @@
-"""Tests of shapedsde.metrics against hand-computed values and explicit loops."""
+"""Tests of shapedsde.analysis.metrics against hand-computed values and explicit loops."""
 
 import re
 
@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from shapedsde.metrics import (
+from shapedsde.analysis.metrics import (
     correlation,
     effective_rank,
     offdiag_mean,

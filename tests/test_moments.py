@@ -1,5 +1,5 @@
 """One-layer moments of the real finite shaped-attention layer against ``drift`` and
-``diffusion_cov`` (SPEC section 7), with control variates; see ``shapedsde.moments``.
+``diffusion_cov`` (SPEC section 7), with control variates; see ``shapedsde.network.moments``.
 
 Key width 32 keeps the weight draws affordable: the coefficients do not depend on n_k
 (E[S_ab S_cd] = V_ac V_bd for every n_k). Sample sizes give standard errors of about 2% on the
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import shapedsde as sd
-from shapedsde.moments import diffusion_estimate, drift_estimate, one_layer_increments
+from shapedsde.network.moments import diffusion_estimate, drift_estimate, one_layer_increments
 
 pytestmark = pytest.mark.slow
 

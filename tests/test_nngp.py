@@ -12,6 +12,7 @@ from scipy import integrate, stats
 import shapedsde as sd
 from shapedsde.blocks.base import Block
 from shapedsde.blocks.standard_mlp import arccos_kernel
+from shapedsde.network.simulate import initial_features
 
 V3 = sd.default_covariance(3, 0.5)
 SHAPED = [sd.ShapedAttention(tau0=0.3, gamma=0.9), sd.ShapedAttention(heads=math.inf),
@@ -111,8 +112,9 @@ def test_nngp_kernel_iterates_nngp_layer():
                                    sd.nngp_layer(block, kernel[layer], normalize="rms"),
                                    atol=2e-6)
     # composition of the sub-blocks' maps, "rms" after each
-    mid = sd.nngp_layer(block.attention, V3, normalize="rms")
-    np.testing.assert_allclose(kernel[1], sd.nngp_layer(block.mlp, mid, normalize="rms"),
+    attention, mlp = block.layers
+    mid = sd.nngp_layer(attention, V3, normalize="rms")
+    np.testing.assert_allclose(kernel[1], sd.nngp_layer(mlp, mid, normalize="rms"),
                                atol=2e-6)
     # rank collapse: every correlation grows towards 1 with depth
     rho = sd.nngp_kernel(block, V3, 30, normalize="rms")[:, 0, 2]
@@ -215,9 +217,9 @@ def test_standard_mlp_finite_layer_mean_is_the_arccos_map_at_any_width():
 
 def test_standard_mlp_control_variate_has_mean_zero():
     block = sd.StandardMLP(gamma=0.8)
-    X = jnp.asarray(sd.network.initial_features(V3, 32), jnp.float32)
+    X = jnp.asarray(initial_features(V3, 32), jnp.float32)
     keys = jax.random.split(jax.random.key(0), 2000)
-    cv = np.asarray(jax.vmap(lambda k: block.layer_with_control(k, X, None)[1])(keys))
+    cv = np.asarray(jax.vmap(lambda k: block.layer_with_control(k, X)[1])(keys))
     z = z_scores(cv, np.zeros((3, 3)))
     assert np.abs(z).max() < Z_MAX, z
 
@@ -226,6 +228,7 @@ def test_standard_mlp_control_variate_has_mean_zero():
 
 class _NoLimit(Block):
     n_noise = 1
+    has_sde, has_reduced, has_nngp = True, False, False
 
     def drift(self, V):
         return V
@@ -236,7 +239,7 @@ class _NoLimit(Block):
     def noise_from(self, V, N):
         return N[0]
 
-    def layer_with_control(self, key, X, normalize):
+    def layer_with_control(self, key, X):
         return X, X
 
 

@@ -1,10 +1,10 @@
-"""Tests of shapedsde.plotting: the figure is written and is a non-trivial PNG."""
+"""Tests of shapedsde.analysis.plotting: the figure is written and is a non-trivial PNG."""
 
 import numpy as np
 import pytest
 
-from shapedsde.plotting import plot_correlation_bands
-from shapedsde.trajectories import Trajectories
+from shapedsde.analysis.plotting import plot_correlation_bands
+from shapedsde.analysis.trajectories import Trajectories
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

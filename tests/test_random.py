@@ -1,4 +1,4 @@
-"""The solver's Gaussian noise (``shapedsde._random``) and square root: the Threefry hash is the
+"""The solver's Gaussian noise (``shapedsde.sde._random``) and square root: the Threefry hash is the
 standard one, the normals are standard normal, and the Cholesky factor flags matrices that are not
 positive definite."""
 
@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from shapedsde import _random, linalg
+from shapedsde import linalg
+from shapedsde.sde import _random
 
 # Random123 known-answer vectors for Threefry-2x32 with 20 rounds: (key, counter) -> output.
 KNOWN_ANSWERS = [

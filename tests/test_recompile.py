@@ -91,7 +91,7 @@ def test_sde_sweep_compiles_once():
     """New gamma, tau0 and n_paths for solve_sde: one compilation of the solver (before:
     3.7-5.3 s for each). The solver is fixed: ``solver="auto"`` picks Euler or the congruence
     solver by the attention's heat, and compiles once for each it picks."""
-    with compilations("_solve_paths") as count:
+    with compilations("_integrate") as count:
         for gamma, tau0, n in ((0.3, 0.5, 20), (0.6, 0.5, 20), (0.3, 2.0, 27)):
             sd.solve_sde(sd.ShapedAttention(tau0=tau0, gamma=gamma), V0, 0.25,
                          key=jax.random.key(0), dt=1 / 16, n_paths=n, n_save=3,

@@ -29,7 +29,7 @@ from scipy import stats
 
 import shapedsde as sd
 from shapedsde import ShapedAttention, StandardAttention
-from shapedsde.metrics import offdiag_pairs
+from shapedsde.analysis.metrics import offdiag_pairs
 
 M = 4
 N_SAMPLES = 2000

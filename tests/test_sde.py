@@ -1,5 +1,6 @@
-"""The diffrax solver: determinism, batch independence, state-space guards, blow-up, weak
-convergence on a case with a known answer."""
+"""The SDE solver: determinism, batch independence, diffrax's contracts (``diffeqsolve`` runs
+the package's solvers), the refinement wrapper, state-space guards, blow-up, weak convergence
+on a case with a known answer."""
 
 from __future__ import annotations
 
@@ -60,7 +61,7 @@ def test_refined_paths_do_not_depend_on_the_group_size(monkeypatch):
     matter of cost only: hot paths of 3 tokens refined in groups of 8 and in pairs agree. In
     float64, to 1e-9 (seen: equal); in float32 the lanes of 8 and of 2 round differently and
     the hot paths amplify it to about 1e-4."""
-    from shapedsde import refinement
+    from shapedsde.sde import _refinement as refinement
 
     hot = sd.ShapedAttention(tau0=0.3, gamma=0.9)
     kw = dict(T=2.0, dt=1 / 64, n_save=2, n_paths=64, solver="congruence", dtype="float64",
@@ -82,35 +83,90 @@ def test_refined_paths_do_not_depend_on_the_group_size(monkeypatch):
     np.testing.assert_allclose(eights.V, pairs.V, rtol=1e-9, atol=1e-12)
 
 
-def test_diffrax_step_is_the_plain_or_the_refining_step():
-    """The solvers' diffrax ``step`` (a ``cond`` on the solver state) takes ``step_as``'s
-    refining step where the state says some path may need it and the plain one elsewhere;
-    ``solve_sde`` runs the two as separate loops. From a state with one path far above the
-    calm scale, the two steps differ (the refinement is at work) and ``step`` matches each."""
-    from shapedsde.blocks.base import traced_parameters
-    from shapedsde.brownian import BASE, Increments
-    from shapedsde.refinement import calm_scale
-    from shapedsde.schemes import SOLVERS, CovarianceSDE, make_terms
-    from shapedsde.sde import initial_state
+def _hot_solver(solver: str, V0: jax.Array):
+    import jax.numpy as jnp
 
-    hot = sd.ShapedAttention(tau0=0.3, gamma=0.9)
-    sde = CovarianceSDE(traced_parameters(hot, jnp.float32), None, "project", 2, "float32")
+    from shapedsde.sde import make_solver
+
+    hot = sd.blocks.traced_parameters(sd.ShapedAttention(tau0=0.3, gamma=0.9), V0.dtype)
+    return hot, make_solver(solver, hot, V0, normalized=False, bound=jnp.asarray(1e3, V0.dtype))
+
+
+def test_refined_step_redoes_the_hot_paths_where_its_state_says():
+    """``Refined.step`` is the wrapped solver's step, redone in substeps for the paths above
+    the calm scale where its state says some path may need it. From a state with one path far
+    above it, the refined and the plain steps differ for that path only; with the state
+    saying no path needs it, the step is the wrapped solver's."""
+    import jax.numpy as jnp
+
+    from shapedsde.sde import MatrixBrownianPath, covariance_terms
+
     V0 = jnp.eye(2, dtype=jnp.float32)
+    hot, refined = _hot_solver("congruence", V0)
     words = jnp.array([[3, 7], [11, 5], [1, 2], [9, 4]], jnp.uint32)
-    terms = make_terms(sde, Increments(words, hot.n_noise, 2, "float32"), jnp.int32(BASE))
-    solver = SOLVERS["congruence"](sde, jnp.float32(1e3), calm_scale(hot.drift, V0))
-    y = initial_state(V0, 4, None)
+    terms = covariance_terms(hot, MatrixBrownianPath(words, 1 / 256, hot.n_noise, 2, "float32"))
+    y, (state, _) = refined.start(V0, 4)
     scale = jnp.array([3.0, 1.0, 1.0, 1.0])[:, None, None]  # level 3 at the start
-    y = y._replace(V=y.V * scale, L=y.L * jnp.sqrt(scale), LT=y.LT * jnp.sqrt(scale))
-    args = (terms, jnp.float32(0.0), jnp.float32(1 / 256), y, jnp.int32(3))
-    plain, _ = solver.step_as(*args, False)
-    refined, grown = solver.step_as(*args, True)
-    assert bool(grown)
-    assert not np.allclose(plain.V[0], refined.V[0], rtol=1e-3)
-    np.testing.assert_array_equal(plain.V[1:], refined.V[1:])
-    for state, expected in ((jnp.bool_(False), plain), (jnp.bool_(True), refined)):
-        y1 = solver.step(*args, state, False)[0]
-        np.testing.assert_allclose(y1.V, expected.V, rtol=1e-6, atol=1e-6)
+    y = y * scale
+    state = state._replace(L=state.L * jnp.sqrt(scale), LT=state.LT * jnp.sqrt(scale))
+    args = (terms, jnp.float32(3 / 256), jnp.float32(4 / 256), y, None)
+    plain = refined.solver.step(*args, state, False)[0]
+    redone = refined.step(*args, (state, jnp.bool_(True)), False)
+    assert bool(redone[3][1])  # still hot
+    assert not np.allclose(plain[0], redone[0][0], rtol=1e-3)
+    # the cond's branches compile apart: equal up to float32 rounding
+    np.testing.assert_allclose(plain[1:], redone[0][1:], rtol=1e-6, atol=1e-7)
+    kept = refined.step(*args, (state, jnp.bool_(False)), False)[0]
+    np.testing.assert_allclose(kept, plain, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("solver", ["euler", "congruence"])
+def test_diffeqsolve_runs_the_package_solvers_as_the_driver_does(solver):
+    """diffrax's contracts: ``diffrax.diffeqsolve`` with ``ConstantStepSize`` drives the
+    package's solvers (refinement wrapper included) on its terms and Brownian path, and gives
+    the driver's paths (float64, hot attention with refinement at work; diffrax accumulates
+    its step times with its own rounding, so equal to 1e-9). diffrax's own Euler runs on the
+    same terms and path too: unguarded and unrefined, it agrees with the package's Euler
+    without refinement on the paths that stay inside the PSD cone and below the bound."""
+    import diffrax
+    import jax.numpy as jnp
+
+    from shapedsde.sde import MatrixBrownianPath, covariance_terms, solve
+
+    was = jax.config.jax_enable_x64
+    try:
+        jax.config.update("jax_enable_x64", True)
+        V0 = jnp.asarray(sd.default_covariance(3), jnp.float64)
+        hot, step_solver = _hot_solver(solver, V0)
+        n, T, steps = 16, 1.0, 64
+        key = jax.random.key(3)
+        ts = jnp.asarray([0.0, 0.5, 1.0])
+        ours = solve(step_solver, hot, V0, ts, steps // 2, key=key, n_paths=n, chunk_size=n)
+
+        keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n, dtype=jnp.uint32))
+        words = jax.vmap(lambda k: jax.random.bits(k, (2,), jnp.uint32))(keys)
+        terms = covariance_terms(hot, MatrixBrownianPath(words, T / steps, 2, 3, "float64"))
+        y0 = step_solver.start(V0, n)[0]
+
+        def with_diffrax(diffrax_solver):
+            return diffrax.diffeqsolve(terms, diffrax_solver, 0.0, T, T / steps, y0,
+                                       saveat=diffrax.SaveAt(ts=ts),
+                                       stepsize_controller=diffrax.ConstantStepSize(),
+                                       max_steps=steps + 1)
+
+        theirs = with_diffrax(step_solver)
+        np.testing.assert_allclose(np.swapaxes(np.asarray(theirs.ys), 0, 1), ours.V,
+                                   rtol=1e-9, atol=1e-12)
+        if solver == "euler":  # against the guarded Euler without its refinement
+            unrefined = solve(step_solver.solver, hot, V0, ts, steps // 2, key=key, n_paths=n,
+                              chunk_size=n)
+            inside = (unrefined.repairs == 0) & (unrefined.t_explode < 0)
+            assert inside.sum() >= n // 2
+            plain = np.swapaxes(np.asarray(with_diffrax(diffrax.Euler()).ys), 0, 1)
+            np.testing.assert_allclose(plain[inside], unrefined.V[inside], rtol=1e-9,
+                                       atol=1e-12)
+    finally:
+        jax.config.update("jax_enable_x64", was)
 
 
 def test_first_path_continues_the_same_run():
@@ -196,7 +252,7 @@ def test_blow_up_is_frozen_flagged_and_timed():
 def test_state_space_flags_non_finite_paths_only():
     """A step that overflows (inf or NaN entries) is flagged as broken, never repaired into the
     state; the other paths of the batch, PD or outside the cone, are handled as usual."""
-    from shapedsde.schemes import onto_state_space
+    from shapedsde.sde._solvers import on_state_space
 
     good = np.asarray(V0, np.float32)
     outside = good - 2.0 * np.eye(3, dtype=np.float32)  # left the cone
@@ -204,7 +260,7 @@ def test_state_space_flags_non_finite_paths_only():
     V[1, 0, 2] = V[1, 2, 0] = np.inf
     V[3, 1, 1] = np.nan
     V[4, 0, 0] = np.inf
-    Vs, L, left_cone, broken = onto_state_space(jnp.asarray(V), None, jnp.ones(5, bool))
+    Vs, L, left_cone, broken = on_state_space(jnp.asarray(V), False, jnp.ones(5, bool))
     np.testing.assert_array_equal(broken, [False, True, False, True, True])
     np.testing.assert_array_equal(left_cone, [False, False, True, False, False])
     for i in (0, 2):

@@ -15,6 +15,25 @@ HOT = sd.ShapedAttention(tau0=0.3, gamma=0.9)
 SMALL = dict(T=0.25, n_save=3, n_paths=16, progress=False)
 
 
+def solve_on_grid(block, V0, T, steps, key, n, *, normalize=None, solver="euler",
+                  brownian_steps=None, chunk_size=1024):
+    """The public driver (``shapedsde.sde.solve``) over [0, T] in ``steps`` steps, float32, on
+    the Brownian path of ``key`` laid out on ``brownian_steps`` steps (default: the grid's)."""
+    import jax.numpy as jnp
+
+    from shapedsde.blocks import normalized, traced_parameters
+    from shapedsde.sde import make_solver, solve
+
+    target = normalized(block) if normalize == "rms" else block
+    stepped = traced_parameters(target.unnormalized(), jnp.float32)
+    V0 = jnp.asarray(V0, jnp.float32)
+    step_solver = make_solver(solver, stepped, V0, normalized=target.is_normalized,
+                              bound=jnp.float32(1e3))
+    return solve(step_solver, stepped, V0, jnp.asarray([0.0, T], jnp.float32), steps,
+                 key=jax.random.key(key), n_paths=n, chunk_size=chunk_size,
+                 brownian_dt=None if brownian_steps is None else T / brownian_steps)
+
+
 def test_result_records_step_solver_and_error():
     tr = sd.solve_sde(HOT, np.eye(3), key=jax.random.key(0), normalize="rms", **SMALL)
     cfg = tr.config
@@ -52,25 +71,12 @@ def test_coarse_fine_and_base_grids_share_one_brownian_path():
     """Solved on the same Brownian path (increments summed in pairs, or split by the bridge),
     the paths at 2 dt, dt and dt / 2 stay close (strong coupling); another key gives other
     paths."""
-    import jax.numpy as jnp
+    def final(key, steps):
+        return solve_on_grid(sd.ShapedAttention(), sd.default_covariance(3), 0.25, steps, key,
+                             64, normalize="rms", brownian_steps=64, chunk_size=64).V[:, -1]
 
-    from shapedsde.blocks.base import traced_parameters
-    from shapedsde.brownian import BASE, COARSE, FINE
-    from shapedsde.schemes import CovarianceSDE
-    from shapedsde.sde import _Problem
-
-    m = 3
-    V0 = jnp.asarray(sd.default_covariance(m), jnp.float32)
-    sde = CovarianceSDE(traced_parameters(sd.ShapedAttention(), jnp.float32), "rms", "project",
-                        m, "float32")
-
-    def solve(key, per_save, mode):
-        problem = _Problem(sde, "euler", jax.random.key(key), V0,
-                           jnp.asarray([0.0, 0.25], jnp.float32), jnp.float32(1e3), 64)
-        return problem.solve(0, 64, per_save, mode, False)[0][:, -1]
-
-    base, coarse, fine = solve(1, 64, BASE), solve(1, 32, COARSE), solve(1, 128, FINE)
-    far = np.abs(base - solve(2, 64, BASE)).mean()
+    base, coarse, fine = final(1, 64), final(1, 32), final(1, 128)
+    far = np.abs(base - final(2, 64)).mean()
     assert np.abs(base - coarse).mean() < 0.1 * far
     assert np.abs(base - fine).mean() < 0.1 * far
 
@@ -138,7 +144,7 @@ def test_estimate_pairs_the_paths_alive_in_both_solves():
     """Paths that blew up in both coupled solves must not switch the paired standard errors
     off: the same noisy paths give a gap mostly within its Monte Carlo error, and a real shift
     of the law gives an excess near the shift."""
-    from shapedsde.step_error import estimate
+    from shapedsde.sde import estimate
 
     rng = np.random.default_rng(0)
     n, m = 400, 2
@@ -165,18 +171,14 @@ def _coupled_law_error(block, V0, per_save, solver, *, ratio=8, n=4096):
     """|S(dt) - S(dt / ratio)| - (0.01 + 3 SE) for the mean and 5/50/95% quantiles of every
     rho_ab at T = 1 under "rms", dt = 1 / per_save, both solved on one Brownian path (the
     coarse solve sums `ratio` increments of the fine one), SE from a paired bootstrap."""
-    import jax.numpy as jnp
-
-    from shapedsde.blocks.base import traced_parameters
-    from shapedsde.schemes import CovarianceSDE
-    from shapedsde.sde import _Problem
-
     m = V0.shape[0]
-    sde = CovarianceSDE(traced_parameters(block, jnp.float32), "rms", "project", m, "float32")
-    problem = _Problem(sde, solver, jax.random.key(11), jnp.asarray(V0, jnp.float32),
-                       jnp.asarray([0.0, 1.0], jnp.float32), jnp.float32(1e3), 1024)
-    fine = sd.correlation(problem.solve(0, n, per_save * ratio, 0, False)[0][:, -1])
-    coarse = sd.correlation(problem.solve(0, n, per_save, ratio, False)[0][:, -1])
+    fine_steps = per_save * ratio
+
+    def rho_at_T(steps):
+        return sd.correlation(solve_on_grid(block, V0, 1.0, steps, 11, n, normalize="rms",
+                                            solver=solver, brownian_steps=fine_steps).V[:, -1])
+
+    fine, coarse = rho_at_T(fine_steps), rho_at_T(per_save)
     a, b = np.triu_indices(m, k=1)
     fine, coarse = fine[:, a, b], coarse[:, a, b]
 
@@ -208,63 +210,48 @@ def test_default_step_is_accurate_in_hot_settings_with_more_tokens(case):
         assert np.any(_coupled_law_error(block, V0, 256, "euler") > 0)
 
 
-def test_substep_increments_are_one_brownian_path_on_every_grid():
-    """``Increments.node`` (the refinement's substeps) reads one Brownian path: the nodes of a
-    level sum to the step's increment on every grid mode, and each node is the sum of its two
-    children (so a path's substeps do not depend on the depth it is read to); the nodes of the
-    two FINE halves of a base step, and of a COARSE step, are those of the base steps they
-    cover. Their spread is that of Brownian increments (variance = node length). The old
-    refinement drew its bridge per grid step, so coupled solves at dt and 2 dt were refined on
-    different paths."""
+def test_every_grid_and_substep_reads_one_brownian_path():
+    """``MatrixBrownianPath`` (the Brownian path of the solves at dt, 2 dt, dt / 2, r dt and of
+    the refinement's substeps): the dyadic parts of a step of any grid (``within``) sum to the
+    step's increment (``evaluate``) and each part is the sum of its two children (so a path's
+    substeps do not depend on the depth it is read to); the parts of the two halves of a base
+    step, and of a step of two base steps, are those of the base steps they cover; a part read
+    directly (``evaluate`` on its interval) is the same. Their spread is that of Brownian
+    increments (variance = length)."""
     import jax.numpy as jnp
 
-    from shapedsde.brownian import BASE, COARSE, FINE, Increments
+    from shapedsde.sde import MatrixBrownianPath
 
     words = jnp.array([[3, 7], [11, 5]], jnp.uint32)
-    inc = Increments(words, 2, 2, "float32")
-    h = jnp.float32(0.5)
-    node = jax.jit(lambda *args: inc.node(*args, max_level=5))
+    h = 0.5
+    path = MatrixBrownianPath(words, jnp.float32(h), 2, 2, "float32")
+    step_increment = jax.jit(lambda t0, t1: path.evaluate(t0, t1))
+    part = jax.jit(lambda t0, t1, s0, s1: path.within(t0, t1).evaluate(s0, s1))
 
-    def level(step: int, size: float, mode: int, depth: int) -> np.ndarray:
-        """All 2^depth nodes (paths, 2^depth, n, m, m)."""
-        return np.stack([np.asarray(node(jnp.uint32(step), jnp.float32(size), jnp.int32(mode),
-                                         jnp.uint32(depth), jnp.uint32(j)))
+    def parts(t0: float, size: float, depth: int) -> np.ndarray:
+        """All 2^depth parts of the step [t0, t0 + size] (paths, 2^depth, n, m, m)."""
+        w = size / 2**depth
+        return np.stack([np.asarray(part(jnp.float32(t0), jnp.float32(t0 + size),
+                                         jnp.float32(j * w), jnp.float32((j + 1) * w)))
                          for j in range(2**depth)], axis=1)
 
-    for step, size, mode in [(5, h, BASE), (10, h / 2, FINE), (11, h / 2, FINE),
-                             (2, 2 * h, COARSE), (1, 4 * h, 4)]:
-        total = np.asarray(inc(jnp.uint32(step), jnp.float32(size), jnp.int32(mode)))
+    for t0, size in [(5 * h, h), (5 * h, h / 2), (5.5 * h, h / 2), (4 * h, 2 * h),
+                     (4 * h, 4 * h)]:
+        total = np.asarray(step_increment(jnp.float32(t0), jnp.float32(t0 + size)))
         for depth in (0, 1, 3, 5):
-            np.testing.assert_allclose(level(step, size, mode, depth).sum(axis=1), total,
-                                       atol=2e-5)
-        np.testing.assert_allclose(level(step, size, mode, 3),
-                                   level(step, size, mode, 4).reshape(2, 8, 2, 2, 2, 2).sum(2),
+            np.testing.assert_allclose(parts(t0, size, depth).sum(axis=1), total, atol=2e-5)
+        np.testing.assert_allclose(parts(t0, size, 3),
+                                   parts(t0, size, 4).reshape(2, 8, 2, 2, 2, 2).sum(2),
                                    atol=2e-5)
-    halves = np.concatenate([level(10, h / 2, FINE, 3), level(11, h / 2, FINE, 3)], axis=1)
-    np.testing.assert_allclose(halves, level(5, h, BASE, 4), atol=1e-6)
-    pair = np.concatenate([level(4, h, BASE, 3), level(5, h, BASE, 3)], axis=1)
-    np.testing.assert_allclose(level(2, 2 * h, COARSE, 4), pair, atol=1e-6)
-    fine = level(5, h, BASE, 5)  # 32 increments of length h / 32 per path, given their sum
-    spread = np.var(fine - fine.mean(axis=1, keepdims=True)) * 32 / float(h) * 32 / 31
+    halves = np.concatenate([parts(5 * h, h / 2, 3), parts(5.5 * h, h / 2, 3)], axis=1)
+    np.testing.assert_allclose(halves, parts(5 * h, h, 4), atol=1e-6)
+    pair = np.concatenate([parts(4 * h, h, 3), parts(5 * h, h, 3)], axis=1)
+    np.testing.assert_allclose(parts(4 * h, 2 * h, 4), pair, atol=1e-6)
+    direct = np.asarray(step_increment(jnp.float32(5 * h + 3 * h / 8), jnp.float32(5 * h + h / 2)))
+    np.testing.assert_allclose(direct, parts(5 * h, h, 3)[:, 3], atol=1e-6)
+    fine = parts(5 * h, h, 5)  # 32 increments of length h / 32 per path, given their sum
+    spread = np.var(fine - fine.mean(axis=1, keepdims=True)) * 32 / h * 32 / 31
     assert 0.8 < spread < 1.2, spread
-
-
-def test_a_static_grid_mode_reads_the_increments_of_the_traced_one():
-    """``sde._solve_batch`` reads the base grid's plain steps with the mode as a Python int (no
-    conditional in the step) and the other steps with a traced mode: both read the same
-    increments, on every grid."""
-    import jax.numpy as jnp
-
-    from shapedsde.brownian import BASE, COARSE, FINE, Increments
-
-    inc = Increments(jnp.array([[3, 7], [11, 5], [2, 9]], jnp.uint32), 2, 3, "float32")
-    for mode in (BASE, FINE, COARSE, 4):
-        static = jax.jit(lambda step, h, mode=mode: inc(step, h, mode))
-        traced = jax.jit(lambda step, h, mode: inc(step, h, mode))
-        for step in (0, 5, 12):
-            args = (jnp.uint32(step), jnp.float32(0.25))
-            np.testing.assert_array_equal(np.asarray(static(*args)),
-                                          np.asarray(traced(*args, jnp.int32(mode))))
 
 
 @pytest.mark.slow
@@ -275,17 +262,9 @@ def test_crossing_fraction_converges_in_dt_on_one_brownian_path():
     that at 1/2048, and its change shrinks at least twofold per fourfold smaller step. With
     the refinement's substeps bounded independently of dt (and drawn per grid step) the hot
     paths' error did not shrink with dt: 1/512 was 1.5 points from 1/2048 (4000 paths)."""
-    import jax.numpy as jnp
-
-    from shapedsde.blocks.base import traced_parameters
-    from shapedsde.schemes import CovarianceSDE
-    from shapedsde.sde import _Problem
-
-    sde = CovarianceSDE(traced_parameters(HOT, jnp.float32), None, "project", 2, "float32")
-    problem = _Problem(sde, "congruence", jax.random.key(3), jnp.eye(2, dtype=jnp.float32),
-                       jnp.asarray([0.0, 2.0], jnp.float32), jnp.float32(1e3), 1024)
     n, fine = 2000, 4096  # steps over T = 2 at dt = 1/2048
-    crossed = {r: problem.solve(0, n, fine // r, r if r > 1 else 0, False)[1] >= 0
+    crossed = {r: solve_on_grid(HOT, np.eye(2), 2.0, fine // r, 3, n, solver="congruence",
+                                brownian_steps=fine).t_explode >= 0
                for r in (16, 4, 1)}
 
     def change(r_coarse: int, r_fine: int) -> tuple[float, float]:
@@ -310,7 +289,7 @@ def test_default_step_decides_the_crossing_fraction_on_more_paths():
     alone stopped at 1/256 for this key (5.3%), as for keys 0, 3, 4 and 5 (4.7-5.5%); key 1
     it took to 1/1024."""
     from shapedsde.sde import DEFAULT_TOL
-    from shapedsde.step_error import UNDECIDED_CROSSING
+    from shapedsde.sde._step_error import UNDECIDED_CROSSING
 
     n = 4000
     traj = sd.solve_sde(HOT, np.eye(2), 2.0, key=jax.random.key(2), n_paths=n, n_save=2,
@@ -330,7 +309,7 @@ def test_crossing_step_error_is_undecided_only_when_its_interval_holds_tol():
     """``StepError.crossing_undecided``: the step control solves more coupled paths exactly
     when tol lies within the crossing estimate +- 2 SE (and never with normalisation); with
     every path coupled, ``above`` then goes by the estimate."""
-    from shapedsde.step_error import StepError
+    from shapedsde.sde import StepError
 
     def error(crossing: float | None, se: float | None) -> StepError:
         return StepError(rho=0.0, upper=0.0, excess=0.0, rho_by_time=(0.0,), crossing=crossing,
@@ -354,9 +333,9 @@ def test_crossing_step_error_is_undecided_only_when_its_interval_holds_tol():
 def test_control_warns_and_reports_when_the_smallest_step_is_not_enough(monkeypatch):
     """A tolerance no step can meet: the control stops at MIN_DT, warns with the estimate
     (one readable line) and still returns the result with its step error."""
-    import shapedsde.sde as sde_module
+    from shapedsde.sde import _solve
 
-    monkeypatch.setattr(sde_module, "MIN_DT", 2.0**-9)
+    monkeypatch.setattr(_solve, "MIN_DT", 2.0**-9)
     with pytest.warns(RuntimeWarning, match="smallest step dt = 0.00195.*step error"):
         traj = sd.solve_sde(sd.ShapedAttention(tau0=0.1, gamma=0.9), np.eye(2), 0.5,
                             key=jax.random.key(0), n_paths=256, n_save=2, tol=1e-9,

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from shapedsde.metrics import correlation
-from shapedsde.trajectories import Trajectories
+from shapedsde.analysis.metrics import correlation
+from shapedsde.analysis.trajectories import Trajectories
 
 CONFIG = {"kind": "sde", "block": {"name": "attention", "gamma": 0.5, "tau0": 1.0}, "T": 1.0}
 

@@ -1,11 +1,15 @@
-"""Residual blocks: each holds its finite-width layer beside its covariance-SDE coefficients."""
+"""Residual blocks: each holds its finite-width layer beside its covariance-SDE coefficients
+and its infinite-width map; compositions (``Serial``) and RMS normalisation (``Normalized``)
+are blocks too."""
 
-from .attention import ShapedAttention, StandardAttention
-from .base import Block, NoNNGPLimitError, NoSDELimitError
+from .attention import AbstractAttention, ShapedAttention, StandardAttention
+from .base import Block, NoNNGPLimitError, NoSDELimitError, traced_parameters
 from .mlp import ShapedMLP
+from .normalization import Normalized, normalized
+from .serial import Serial, ShapedTransformerBlock, StandardTransformerBlock
 from .standard_mlp import StandardMLP
-from .transformer import ShapedTransformerBlock, StandardTransformerBlock
 
-__all__ = ["Block", "NoNNGPLimitError", "NoSDELimitError", "ShapedAttention", "ShapedMLP",
-           "ShapedTransformerBlock", "StandardAttention", "StandardMLP",
-           "StandardTransformerBlock"]
+__all__ = ["AbstractAttention", "Block", "NoNNGPLimitError", "NoSDELimitError", "Normalized",
+           "Serial", "ShapedAttention", "ShapedMLP", "ShapedTransformerBlock",
+           "StandardAttention", "StandardMLP", "StandardTransformerBlock", "normalized",
+           "traced_parameters"]

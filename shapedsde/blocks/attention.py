@@ -33,10 +33,10 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from .._qmc import logit_points
 from ..linalg import fused_matmul, lin, matmul, total
-from ..reduced import Scalar, gaussian_product, maybe_normalize, residual_gram, root, scalar_sqrt
 from ..validation import check_int, check_real
+from ._qmc import logit_points
+from ._reduced import Scalar, gaussian_product, residual_gram, root, scalar_sqrt
 from .base import Block, WithoutSDE, residual_output
 
 
@@ -57,8 +57,11 @@ def _mask(m: int, causal: bool) -> Array:
     return jnp.tril(jnp.ones((m, m), bool)) if causal else jnp.ones((m, m), bool)
 
 
-class _Attention(Block):
+class AbstractAttention(Block):
     """Shared finite layer of both attention kinds; subclasses define the attention matrix."""
+
+    has_reduced = True
+    has_nngp = True
 
     gamma: Scalar  # a leaf, not static: see Block and traced_parameters
     heads: float | int = eqx.field(static=True)
@@ -68,6 +71,10 @@ class _Attention(Block):
     @abc.abstractmethod
     def attention_matrix(self, S: Array, mask: Array, width: int) -> Array:
         """Row-stochastic-like mixing matrix A from the logits S (m, m) of one head."""
+
+    @property
+    def max_heads(self) -> int:
+        return 1 if self.heads == math.inf else int(self.heads)
 
     def head_key_dim(self, width: Scalar) -> Scalar:
         return self.key_dim if self.key_dim is not None else width // int(self.heads)
@@ -94,8 +101,7 @@ class _Attention(Block):
         K = X @ jax.random.normal(kk, (H, n, nk), X.dtype) / math.sqrt(n)
         return Q @ jnp.swapaxes(K, -1, -2) / math.sqrt(nk)
 
-    def layer_with_control(self, key: Array, X: Array,
-                           normalize: str | None) -> tuple[Array, Array]:
+    def layer_with_control(self, key: Array, X: Array) -> tuple[Array, Array]:
         m, n = X.shape
         H = int(self.heads)
         k_s, k_v = jax.random.split(key)
@@ -103,7 +109,7 @@ class _Attention(Block):
         A = jax.vmap(self.attention_matrix, (0, None, None))(S, _mask(m, self.causal), n)
         F = jnp.transpose(A @ X, (1, 0, 2)).reshape(m, H * n) / math.sqrt(H)  # heads' A_h X
         W = jax.random.normal(k_v, (H * n, n), X.dtype)  # the stacked W^V_h
-        return residual_output(X, F, W, self.gamma, normalize, self.branch_cv(S, X))
+        return residual_output(X, F, W, self.gamma, self.branch_cv(S, X))
 
     def branch_cv(self, S: Array, X: Array) -> Array:
         """Zero-mean first-order part of gamma^2 (F F^T / n - V) = gamma^2 (mean_h A_h V A_h^T
@@ -119,8 +125,7 @@ class _Attention(Block):
             raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
         self.causal = causal
 
-    def reduced_layer(self, key: Array, V: Array, width: Scalar,
-                      normalize: str | None) -> Array:
+    def reduced_layer(self, key: Array, V: Array, width: Scalar) -> Array:
         m = V.shape[0]
         H, nk = int(self.heads), self.head_key_dim(width)
         k_s, k_out = jax.random.split(key)
@@ -130,14 +135,16 @@ class _Attention(Block):
         S = L @ prods @ L.T / scalar_sqrt(nk)  # (H, m, m), the logits of every head
         A = jax.vmap(self.attention_matrix, (0, None, None))(S, _mask(m, self.causal), width)
         L_M = jnp.transpose(A @ L, (1, 0, 2)).reshape(m, H * m) / math.sqrt(H)  # (m, H m)
-        return maybe_normalize(residual_gram(k_out, L, L_M, self.gamma, width), normalize)
+        return residual_gram(k_out, L, L_M, self.gamma, width)
 
 
-class ShapedAttention(_Attention):
+class ShapedAttention(AbstractAttention):
     """Shaped attention residual sub-block: softmax centred at the identity, logits cooled by
     tau = tau0 sqrt(width). ``heads`` may be ``math.inf`` in the SDE (no attention noise)."""
 
     tau0: Scalar  # a leaf, not static: see Block and traced_parameters
+
+    has_sde = True
 
     def __init__(self, tau0: float = 1.0, gamma: float = 0.5, heads: float | int = 1,
                  key_dim: int | None = None, causal: bool = False):
@@ -159,15 +166,20 @@ class ShapedAttention(_Attention):
         U = (mask / jnp.sum(mask, axis=1, keepdims=True)).astype(S.dtype)
         return jnp.eye(S.shape[0], dtype=S.dtype) + jax.nn.softmax(logits, axis=1) - U
 
-    def nngp_layer(self, V: Array, normalize: str | None) -> Array:
-        """The identity (then "rms"): the logits carry 1 / (tau0 sqrt n) -> 0, so A -> I and
-        V' = V at n = infinity, for any number of heads. Nothing happens at fixed depth; the
-        dynamics live at depth of order n (the SDE)."""
-        return maybe_normalize(V, normalize)
+    def nngp_layer(self, V: Array) -> Array:
+        """The identity: the logits carry 1 / (tau0 sqrt n) -> 0, so A -> I and V' = V at
+        n = infinity, for any number of heads. Nothing happens at fixed depth; the dynamics
+        live at depth of order n (the SDE)."""
+        return V
 
     @property
     def n_noise(self) -> int:
         return 1 if self.heads == math.inf else 2
+
+    @property
+    def has_noise_factor(self) -> bool:
+        """The congruence form of the noise exists without a mask (``noise_factor``)."""
+        return not self.causal
 
     # -- SDE coefficients ---------------------------------------------------------------
     def _row_ops(self, V: Array) -> tuple[Array, Array, Array]:
@@ -245,11 +257,11 @@ class ShapedAttention(_Attention):
         G = self.noise_factor(V, L, dW)[0]
         return matmul(matmul(L, G + G.T), L.T if LT is None else LT)
 
-    def noise_factor(self, V: Array, L: Array, dW: Array) -> tuple[Array, Array] | None:
+    def noise_factor(self, V: Array, L: Array, dW: Array) -> tuple[Array, Array]:
         """G = c_1 dW_1 + c_2 dW_2 K / m (see ``noise``) and kappa = c_1^2 m + c_2^2 ||K||_F^2 /
-        m^2 (E[dW_i A A^T dW_i^T] = tr(A A^T) dt I); None with a causal mask."""
+        m^2 (E[dW_i A A^T dW_i^T] = tr(A A^T) dt I); not with a causal mask."""
         if self.causal:
-            return None
+            return super().noise_factor(V, L, dW)
         m = V.shape[0]
         G = self._lin_scale * dW[0]
         kappa = self._lin_scale**2 * m
@@ -280,7 +292,7 @@ class ShapedAttention(_Attention):
         return out + self._attention_scale * (Y + Y.T)
 
 
-class StandardAttention(WithoutSDE, _Attention):
+class StandardAttention(WithoutSDE, AbstractAttention):
     """Standard (unshaped) attention residual sub-block, A = softmax_row(S). Finite network
     only: its logits are not cooled with the width, so it has no covariance-SDE limit and
     collapses in rank with depth."""
@@ -293,7 +305,7 @@ class StandardAttention(WithoutSDE, _Attention):
         return jax.nn.softmax(jnp.where(mask, S, -jnp.inf), axis=1)
 
     # -- infinite width at fixed depth (SPEC section 8) -----------------------------------
-    def infinite_width_layer(self, key: Array, V: Array, normalize: str | None) -> Array:
+    def infinite_width_layer(self, key: Array, V: Array) -> Array:
         """At n = infinity, with the block's H heads: V' = lambda^2 V + gamma^2 (1/H)
         sum_h A_h V A_h^T, A_h = softmax(S_h), S_h = L P_h L^T (L L^T = V) with P_h iid m x m
         standard normal (key_dim=None: Cov(S_ab, S_cd) = V_ac V_bd) or Z_q Z_k^T / sqrt(k)
@@ -305,18 +317,18 @@ class StandardAttention(WithoutSDE, _Attention):
         else:
             P = jax.vmap(lambda k: gaussian_product(k, m, self.key_dim, V.dtype))(keys)
             P = P / math.sqrt(self.key_dim)
-        return self._mixing_map(V, P, normalize)
+        return self._mixing_map(V, P)
 
-    def nngp_layer(self, V: Array, normalize: str | None) -> Array:
+    def nngp_layer(self, V: Array) -> Array:
         """The NNGP kernel map (H = infinity): V' = lambda^2 V + gamma^2 E_S[A V A^T], the
         expectation over one head's logits S = L P L^T by the fixed quasi-Monte Carlo rule of
-        ``shapedsde._qmc`` (2^16 scrambled Sobol points). Measured accuracy (float64, against
+        ``blocks._qmc`` (2^16 scrambled Sobol points). Measured accuracy (float64, against
         10^7-sample Monte Carlo, V_ab = 0.5^|a-b|): max entry error of E[A V A^T] 4e-5 at m = 3
         and 1.3e-4 at m = 8, 5-7 times below plain Monte Carlo with as many points."""
         P = jnp.asarray(logit_points(V.shape[0], self.key_dim), V.dtype)
-        return self._mixing_map(V, P, normalize)
+        return self._mixing_map(V, P)
 
-    def _mixing_map(self, V: Array, P: Array, normalize: str | None) -> Array:
+    def _mixing_map(self, V: Array, P: Array) -> Array:
         """lambda^2 V + gamma^2 mean_i A_i V A_i^T over the logit factors P (N, m, m), where
         A_i = softmax(L P_i L^T) over the allowed entries. Large N is averaged in chunks of at
         most 4096 (bounded memory, and a two-level float32 sum)."""
@@ -330,5 +342,5 @@ class StandardAttention(WithoutSDE, _Attention):
 
         chunk = math.gcd(N, 4096)
         M = jnp.mean(jax.lax.map(mean_mixing, P.reshape(N // chunk, chunk, m, m)), axis=0)
-        return maybe_normalize(V + self.gamma**2 * ((M + M.T) / 2 - V), normalize)
+        return V + self.gamma**2 * ((M + M.T) / 2 - V)
 

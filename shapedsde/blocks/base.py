@@ -6,15 +6,21 @@ coefficients of the covariance SDE it converges to,
 
     dV = drift(V) dt + noise(V, L, dW),   Cov(noise_ab, noise_cd) = diffusion_cov(V)_{abcd} dt,
 
-where ``L L^T = V`` and ``dW`` holds ``n_noise`` independent m x m matrix Brownian increments.
-Every block's noise is linear in the products N_i = L dW_i L^T (``noise_from``), which are
-formed for all i at once (``linalg.congruence``).
-The solver (``shapedsde.sde``), the network simulator (``shapedsde.network``) and the
-normalisation (``shapedsde.normalize``) only use this interface, so a new block is one file.
+where ``L L^T = V`` and ``dW`` holds ``n_noise`` independent m x m matrix Brownian increments,
+and beside its infinite-width map at fixed depth (``nngp_layer``). Every block's noise is linear
+in the products N_i = L dW_i L^T (``noise_from``), formed for all i at once
+(``linalg.congruence``).
+
+Blocks follow equinox's abstract-or-final pattern: ``Block`` and ``AbstractAttention`` are
+abstract, every other block class is final. What a block offers is declared, not probed:
+``has_sde``, ``has_reduced``, ``has_nngp`` (class variables of the leaf blocks, properties of
+the compositions ``Serial`` and ``Normalized``), ``has_noise_factor`` and ``max_heads``.
+Compositions are blocks too: ``Serial`` (one after the other, e.g. the Transformer block) and
+``Normalized`` (RMS normalisation after a block). The simulators, the solver and the
+comparisons use only this interface, so a new block is one file.
 """
 
-from __future__ import annotations
-
+# no ``from __future__ import annotations``: equinox reads the AbstractClassVar annotations
 import abc
 import math
 from typing import Any
@@ -23,11 +29,11 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from equinox import AbstractClassVar
 from jax import Array
 
 from ..linalg import congruence
-from ..normalize import rms
-from ..reduced import Scalar, scalar_sqrt
+from ._reduced import Scalar, scalar_sqrt
 
 
 class NoSDELimitError(ValueError):
@@ -45,11 +51,35 @@ class Block(eqx.Module):
     ordinary leaves, Python floats after ``__init__`` and JAX scalars after
     :func:`traced_parameters`, so that compiled code does not specialise on their values."""
 
-    @property
-    def has_sde(self) -> bool:
-        """Whether the block has a covariance-SDE limit (standard attention has none)."""
-        return True
+    has_sde: AbstractClassVar[bool]
+    """Whether the block has a covariance-SDE limit (standard attention has none)."""
+    has_reduced: AbstractClassVar[bool]
+    """Whether ``reduced_layer`` samples the finite layer exactly on m x m matrices."""
+    has_nngp: AbstractClassVar[bool]
+    """Whether the block has an infinite-width map at fixed depth (``nngp_layer``)."""
 
+    @property
+    def has_noise_factor(self) -> bool:
+        """Whether ``drift_split`` and ``noise_factor`` give the congruence form of a step
+        (``shapedsde.sde.CongruenceEuler``). None unless a block declares it."""
+        return False
+
+    @property
+    def max_heads(self) -> int:
+        """Largest number of attention heads in the block (1 without attention; memory
+        estimates of the full network)."""
+        return 1
+
+    @property
+    def is_normalized(self) -> bool:
+        """Whether every sub-block is followed by RMS normalisation (``Normalized``)."""
+        return False
+
+    def unnormalized(self) -> "Block":
+        """The block without its RMS normalisations (itself if it has none)."""
+        return self
+
+    # -- SDE coefficients ---------------------------------------------------------------
     @property
     @abc.abstractmethod
     def n_noise(self) -> int:
@@ -68,6 +98,10 @@ class Block(eqx.Module):
         (``LT``: L^T if the caller stores it, see ``linalg.congruence``)."""
         return self.noise_from(V, congruence(L, dW, LT))
 
+    @abc.abstractmethod
+    def noise_from(self, V: Array, N: Array) -> Array:
+        """The noise increment as a function of N_i = L dW_i L^T, shape (n_noise, m, m)."""
+
     def drift_split(self, V: Array) -> tuple[Array, Array | None]:
         """(B, R) with drift(V) = B V + V B^T + R, B of shape (m, m); R is None where it is zero.
 
@@ -75,64 +109,32 @@ class Block(eqx.Module):
         (I + B dt) V (I + B dt)^T, which cannot leave the PSD cone. Default: B = 0, R = drift."""
         return jnp.zeros_like(V), self.drift(V)
 
-    def noise_factor(self, V: Array, L: Array, dW: Array) -> tuple[Array, Array] | None:
-        """(G, kappa) with noise(V, L, dW) = L (G + G^T) L^T and E[G G^T] = kappa dt I, or
-        None if the noise has no such form (then the congruence solver is not available).
+    def noise_factor(self, V: Array, L: Array, dW: Array) -> tuple[Array, Array]:
+        """(G, kappa) with noise(V, L, dW) = L (G + G^T) L^T and E[G G^T] = kappa dt I, where
+        ``has_noise_factor``.
 
         With it a step can be written as V + noise = L (I + G)(I + G)^T L^T - L G G^T L^T: the
         congruence solver keeps the first product (PSD by construction) and replaces the
         second by its mean kappa dt V, which changes the law of a step only at O(dt^2)."""
-        return None
+        raise ValueError(f"{type(self).__name__} with these options has no congruence form "
+                         "of its noise (has_noise_factor is False)")
 
+    # -- finite width ---------------------------------------------------------------------
     @abc.abstractmethod
-    def noise_from(self, V: Array, N: Array) -> Array:
-        """The noise increment as a function of N_i = L dW_i L^T, shape (n_noise, m, m)."""
-
-    @abc.abstractmethod
-    def layer_with_control(self, key: Array, X: Array,
-                           normalize: str | None) -> tuple[Array, Array]:
+    def layer_with_control(self, key: Array, X: Array) -> tuple[Array, Array]:
         """One unit of depth of the finite network, X of shape (m, width), with real Gaussian
         weights; also returns a control variate: the part of V' - V that is first order in the
-        weights and has conditional mean exactly zero (used by ``shapedsde.moments`` to
-        estimate n E[dV] with O(1) instead of O(sqrt n) fluctuations)."""
+        weights and has conditional mean exactly zero (used by ``shapedsde.network.moments``
+        to estimate n E[dV] with O(1) instead of O(sqrt n) fluctuations)."""
 
-    def layer(self, key: Array, X: Array, normalize: str | None) -> Array:
+    def layer(self, key: Array, X: Array) -> Array:
         """One unit of depth of the finite network (XLA drops the unused control variate)."""
-        return self.layer_with_control(key, X, normalize)[0]
+        return self.layer_with_control(key, X)[0]
 
-    def reduced_layer(self, key: Array, V: Array, width: int, normalize: str | None) -> Array:
-        """The same layer sampled exactly in law on m x m matrices (``shapedsde.reduced``):
-        V' given V, at a cost independent of the width."""
+    def reduced_layer(self, key: Array, V: Array, width: Scalar) -> Array:
+        """The same layer sampled exactly in law on m x m matrices (``blocks._reduced``):
+        V' given V, at a cost independent of the width. Where ``has_reduced``."""
         raise NotImplementedError(f"{type(self).__name__} has no reduced simulator")
-
-    @property
-    def has_reduced(self) -> bool:
-        return type(self).reduced_layer is not Block.reduced_layer
-
-    # -- infinite width at fixed depth (SPEC section 8) -----------------------------------
-    def nngp_layer(self, V: Array, normalize: str | None) -> Array:
-        """V' of one unit of depth at width n = infinity and, for attention, infinitely many
-        heads: the deterministic NNGP kernel map (Neural Tangents' ``kernel_fn``), (m, m)."""
-        raise self.no_nngp_error()
-
-    def infinite_width_layer(self, key: Array, V: Array, normalize: str | None) -> Array:
-        """V' of one unit of depth at width n = infinity with the block's own number of heads:
-        random while a finite number of attention heads keeps its random logits, otherwise
-        (the default) the deterministic ``nngp_layer`` and ``key`` is unused."""
-        return self.nngp_layer(V, normalize)
-
-    @property
-    def has_nngp(self) -> bool:
-        return type(self).nngp_layer is not Block.nngp_layer
-
-    def no_nngp_error(self) -> NoNNGPLimitError:
-        return NoNNGPLimitError(
-            f"{type(self).__name__} defines no infinite-width (NNGP) map: implement "
-            "nngp_layer, or simulate its finite network with simulate_network")
-
-    def require_nngp(self) -> None:
-        if not self.has_nngp:
-            raise self.no_nngp_error()
 
     def check_width(self, width: int) -> None:  # noqa: B027 - optional hook
         """Raise ValueError if the finite network cannot be built at this width."""
@@ -142,6 +144,29 @@ class Block(eqx.Module):
         JAX scalar: none of its shapes depends on the width there (then one compilation serves
         every such width). False unless a block says otherwise."""
         return False
+
+    # -- infinite width at fixed depth (SPEC section 8) -----------------------------------
+    def nngp_layer(self, V: Array) -> Array:
+        """V' of one unit of depth at width n = infinity and, for attention, infinitely many
+        heads: the deterministic NNGP kernel map (Neural Tangents' ``kernel_fn``), (m, m).
+        Where ``has_nngp``."""
+        raise self.no_nngp_error()
+
+    def infinite_width_layer(self, key: Array, V: Array) -> Array:
+        """V' of one unit of depth at width n = infinity with the block's own number of heads:
+        random while a finite number of attention heads keeps its random logits, otherwise
+        (the default) the deterministic ``nngp_layer`` and ``key`` is unused."""
+        return self.nngp_layer(V)
+
+    # -- errors for what a block does not have ---------------------------------------------
+    def no_nngp_error(self) -> NoNNGPLimitError:
+        return NoNNGPLimitError(
+            f"{type(self).__name__} defines no infinite-width (NNGP) map: implement "
+            "nngp_layer, or simulate its finite network with simulate_network")
+
+    def require_nngp(self) -> None:
+        if not self.has_nngp:
+            raise self.no_nngp_error()
 
     def no_sde_error(self) -> NoSDELimitError:
         return NoSDELimitError(
@@ -161,14 +186,11 @@ class Block(eqx.Module):
         return out
 
 
-class WithoutSDE:
-    """Mixin of the network-only baselines (standard attention, the standard ReLU MLP): they
-    have no covariance-SDE limit, so their SDE coefficients raise ``no_sde_error``. Put it
-    before ``Block`` in the bases."""
+class WithoutSDE(Block):
+    """Abstract base of the network-only baselines (standard attention, the standard ReLU MLP):
+    they have no covariance-SDE limit, so their SDE coefficients raise ``no_sde_error``."""
 
-    @property
-    def has_sde(self) -> bool:
-        return False
+    has_sde = False
 
     @property
     def n_noise(self) -> int:
@@ -194,7 +216,7 @@ def _jsonable(v: Any) -> Any:
 
 def traced_parameters(block: Block, dtype: Any) -> Block:
     """The block with every float parameter (each non-static float leaf: gamma, tau0, c_plus,
-    c_minus, also inside a Transformer block) as a JAX scalar of ``dtype``.
+    c_minus, also inside a composition) as a JAX scalar of ``dtype``.
 
     ``eqx.filter_jit`` treats Python floats as static and compiles once per value; apply this
     just before a jitted call so that a sweep over block parameters reuses one compilation.
@@ -205,12 +227,7 @@ def traced_parameters(block: Block, dtype: Any) -> Block:
         lambda x: jnp.asarray(x, dtype) if isinstance(x, float) else x, block)
 
 
-def rms_rows(X: Array) -> Array:
-    """RMS normalisation without gain: rescale every row (token) of X to norm sqrt(width)."""
-    return X * jax.lax.rsqrt(jnp.mean(X * X, axis=-1, keepdims=True))
-
-
-def residual_output(X: Array, F: Array, W: Array, gamma: Scalar, normalize: str | None,
+def residual_output(X: Array, F: Array, W: Array, gamma: Scalar,
                     branch_cv: Array) -> tuple[Array, Array]:
     """The residual update X' = lambda X + gamma B, B = F W / sqrt(n), shared by all blocks.
 
@@ -222,14 +239,10 @@ def residual_output(X: Array, F: Array, W: Array, gamma: Scalar, normalize: str 
 
     where the first two terms have conditional mean zero given F. They and ``branch_cv`` (the
     zero-mean first-order part of gamma^2 (F F^T / n - V), supplied by the block) form the
-    control variate returned with X'. Under "rms" X' is renormalised and the control variate
-    pushed through Df(V), still of mean zero.
+    control variate returned with X'.
     """
     n = X.shape[-1]
     lam = scalar_sqrt(1.0 - gamma**2)
     B = F @ W / math.sqrt(n)
     cv = lam * gamma * (X @ B.T + B @ X.T) / n + gamma**2 * (B @ B.T - F @ F.T) / n + branch_cv
-    X1 = lam * X + gamma * B
-    if normalize != "rms":
-        return X1, cv
-    return rms_rows(X1), jax.jvp(rms, (X @ X.T / n,), (cv,))[1]
+    return lam * X + gamma * B, cv

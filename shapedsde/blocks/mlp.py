@@ -21,8 +21,8 @@ import jax.numpy as jnp
 from jax import Array
 
 from ..linalg import lin
-from ..reduced import Scalar, maybe_normalize, residual_gram, root, scalar_sqrt
 from ..validation import check_real
+from ._reduced import Scalar, residual_gram, root, scalar_sqrt
 from .base import Block, residual_output
 
 
@@ -40,6 +40,10 @@ class ShapedMLP(Block):
     gamma: Scalar
     c_plus: Scalar
     c_minus: Scalar
+
+    has_sde = True
+    has_reduced = True
+    has_nngp = True
 
     def __init__(self, gamma: float = 0.5, c_plus: float = 0.0, c_minus: float = -1.0):
         self.gamma = check_real("gamma", gamma, low=0.0, high=1.0)
@@ -67,8 +71,7 @@ class ShapedMLP(Block):
         return c * (s_plus * jnp.maximum(Y, 0.0) + s_minus * jnp.minimum(Y, 0.0))
 
     # -- finite layer --------------------------------------------------------------------
-    def layer_with_control(self, key: Array, X: Array,
-                           normalize: str | None) -> tuple[Array, Array]:
+    def layer_with_control(self, key: Array, X: Array) -> tuple[Array, Array]:
         n = X.shape[1]
         k1, k2 = jax.random.split(key)
         Y = X @ jax.random.normal(k1, (n, n), X.dtype) / math.sqrt(n)
@@ -80,26 +83,29 @@ class ShapedMLP(Block):
         YA = Y @ jnp.abs(Y).T
         branch_cv = self.gamma**2 * (Y @ Y.T - X @ X.T + a * d / (a * a + d * d) * (YA + YA.T)) / n
         W2 = jax.random.normal(k2, (n, n), X.dtype)
-        return residual_output(X, self.activation(Y, n), W2, self.gamma, normalize, branch_cv)
+        return residual_output(X, self.activation(Y, n), W2, self.gamma, branch_cv)
 
-    def reduced_layer(self, key: Array, V: Array, width: int, normalize: str | None) -> Array:
+    def reduced_layer(self, key: Array, V: Array, width: int) -> Array:
         # X W_1 / sqrt(n) = L Z_1 in law; residual_gram reduces F / sqrt(n) to an m x m root
         k1, k2 = jax.random.split(key)
         L = root(V)
         F = self.activation(L @ jax.random.normal(k1, (V.shape[0], width), V.dtype), width)
-        return maybe_normalize(residual_gram(k2, L, F / math.sqrt(width), self.gamma, width),
-                               normalize)
+        return residual_gram(k2, L, F / math.sqrt(width), self.gamma, width)
 
-    def nngp_layer(self, V: Array, normalize: str | None) -> Array:
-        """The identity (then "rms"): the slopes 1 + c_pm / sqrt(n) -> 1 make phi linear, so
+    def nngp_layer(self, V: Array) -> Array:
+        """The identity: the slopes 1 + c_pm / sqrt(n) -> 1 make phi linear, so
         c^2 E[phi(u) phi(v)] -> E[u v] and V' = V at n = infinity. Nothing happens at fixed
         depth; the dynamics live at depth of order n (the SDE)."""
-        return maybe_normalize(V, normalize)
+        return V
 
     # -- SDE coefficients ----------------------------------------------------------------
     @property
     def n_noise(self) -> int:
         return 1
+
+    @property
+    def has_noise_factor(self) -> bool:
+        return True
 
     def drift(self, V: Array) -> Array:
         d = jnp.sqrt(jnp.diagonal(V))
@@ -112,6 +118,6 @@ class ShapedMLP(Block):
     def noise_from(self, V: Array, N: Array) -> Array:
         return self.gamma * (N[0] + N[0].T)
 
-    def noise_factor(self, V: Array, L: Array, dW: Array) -> tuple[Array, Array] | None:
+    def noise_factor(self, V: Array, L: Array, dW: Array) -> tuple[Array, Array]:
         """G = gamma dW_1, kappa = gamma^2 m."""
         return self.gamma * dW[0], self.gamma**2 * V.shape[0]

@@ -24,9 +24,9 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from ..reduced import Scalar, maybe_normalize, residual_gram, root
 from ..validation import check_real
-from .base import Block, NoSDELimitError, WithoutSDE, residual_output
+from ._reduced import Scalar, residual_gram, root
+from .base import NoSDELimitError, WithoutSDE, residual_output
 
 
 def arccos_kernel(V: Array) -> Array:
@@ -39,11 +39,14 @@ def arccos_kernel(V: Array) -> Array:
     return scale * (jnp.sqrt(jnp.clip(1.0 - rho * rho, 0.0)) + (math.pi - theta) * rho) / math.pi
 
 
-class StandardMLP(WithoutSDE, Block):
+class StandardMLP(WithoutSDE):
     """Standard ReLU MLP residual sub-block with He scaling, phi(x) = sqrt(2) max(x, 0); hidden
     width equals the width. Finite network and infinite width only (no SDE limit)."""
 
     gamma: Scalar  # a leaf, not static: see Block and traced_parameters
+
+    has_reduced = True
+    has_nngp = True
 
     def __init__(self, gamma: float = 0.5):
         self.gamma = check_real("gamma", gamma, low=0.0, high=1.0)
@@ -54,8 +57,7 @@ class StandardMLP(WithoutSDE, Block):
         return math.sqrt(2.0) * jnp.maximum(Y, 0.0)
 
     # -- finite layer --------------------------------------------------------------------
-    def layer_with_control(self, key: Array, X: Array,
-                           normalize: str | None) -> tuple[Array, Array]:
+    def layer_with_control(self, key: Array, X: Array) -> tuple[Array, Array]:
         """The finite layer; its branch control variate gamma^2 (F F^T / n - K(V)) has
         conditional mean exactly zero (E[F F^T / n | X] = K(V))."""
         n = X.shape[1]
@@ -63,20 +65,19 @@ class StandardMLP(WithoutSDE, Block):
         F = self.activation(X @ jax.random.normal(k1, (n, n), X.dtype) / math.sqrt(n))
         branch_cv = self.gamma**2 * (F @ F.T / n - arccos_kernel(X @ X.T / n))
         W2 = jax.random.normal(k2, (n, n), X.dtype)
-        return residual_output(X, F, W2, self.gamma, normalize, branch_cv)
+        return residual_output(X, F, W2, self.gamma, branch_cv)
 
-    def reduced_layer(self, key: Array, V: Array, width: int, normalize: str | None) -> Array:
+    def reduced_layer(self, key: Array, V: Array, width: int) -> Array:
         # X W_1 / sqrt(n) = L Z_1 in law (Z_1 iid m x n): O(m^2 n), as for the shaped MLP
         k1, k2 = jax.random.split(key)
         L = root(V)
         F = self.activation(L @ jax.random.normal(k1, (V.shape[0], width), V.dtype))
-        return maybe_normalize(residual_gram(k2, L, F / math.sqrt(width), self.gamma, width),
-                               normalize)
+        return residual_gram(k2, L, F / math.sqrt(width), self.gamma, width)
 
     # -- infinite width at fixed depth ---------------------------------------------------
-    def nngp_layer(self, V: Array, normalize: str | None) -> Array:
+    def nngp_layer(self, V: Array) -> Array:
         """V' = lambda^2 V + gamma^2 K(V), K the arc-cosine kernel (closed form, exact)."""
-        return maybe_normalize(V + self.gamma**2 * (arccos_kernel(V) - V), normalize)
+        return V + self.gamma**2 * (arccos_kernel(V) - V)
 
     # -- no SDE limit --------------------------------------------------------------------
     def no_sde_error(self) -> NoSDELimitError:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from shapedsde import metrics
-from shapedsde.trajectories import Trajectories
+from . import metrics
+from .trajectories import Trajectories
 
 __all__ = ["plot_correlation_bands"]
 

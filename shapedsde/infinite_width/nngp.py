@@ -26,35 +26,36 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-from ._batching import run_chunked
-from ._precision import resolve_dtype
-from .blocks.base import Block, traced_parameters
-from .network import save_layers
-from .normalize import rms
-from .trajectories import Trajectories
-from .validation import check_covariance, check_int, check_normalize
+from .._batching import run_chunked
+from .._precision import resolve_dtype
+from ..analysis.trajectories import Trajectories
+from ..blocks import Block, normalized, traced_parameters
+from ..blocks.normalization import rms
+from ..network.simulate import save_layers
+from ..validation import check_covariance, check_int, check_normalize
 
 __all__ = ["nngp_kernel", "nngp_layer", "simulate_infinite_width"]
 
 
-def _check_block(block: object) -> Block:
+def _check_block(block: object, normalize: object) -> Block:
+    """The block, normalised after every sub-block for ``normalize="rms"``."""
     if not isinstance(block, Block):
         raise TypeError(f"block must be a shapedsde Block, got {type(block).__name__}")
     block.require_nngp()
-    return block
+    return normalized(block) if check_normalize(normalize) == "rms" else block
 
 
-def _start(V0: object, name: str, normalize: str | None, dtype: str) -> Array:
+def _start(V0: object, name: str, block: Block, dtype: str) -> Array:
     """The checked initial covariance as a JAX array of ``dtype``, mapped to its correlation
-    matrix under "rms" (as ``simulate_network`` does)."""
+    matrix where the block is normalised (as ``simulate_network`` does)."""
     V = jnp.asarray(check_covariance(V0, name), resolve_dtype(dtype))
-    return rms(V) if normalize == "rms" else V
+    return rms(V) if block.is_normalized else V
 
 
 @eqx.filter_jit
-def _kernel(block: Block, V0: Array, depth: int, normalize: str | None) -> Array:
+def _kernel(block: Block, V0: Array, depth: int) -> Array:
     def step(V: Array, _: None) -> tuple[Array, Array]:
-        V1 = block.nngp_layer(V, normalize)
+        V1 = block.nngp_layer(V)
         return V1, V1
 
     return jnp.concatenate([V0[None], jax.lax.scan(step, V0, None, length=depth)[1]])
@@ -86,22 +87,21 @@ def nngp_kernel(block: Block, V0: object, depth: int, normalize: str | None = No
 
 def _checked_kernel(block: object, V0: object, name: str, depth: object, normalize: object,
                     dtype: str) -> np.ndarray:
-    block = _check_block(block)
+    block = _check_block(block, normalize)
     depth = check_int("depth", depth, low=1)
-    normalize = check_normalize(normalize)
-    V0 = _start(V0, name, normalize, dtype)
-    return np.asarray(_kernel(traced_parameters(block, V0.dtype), V0, depth, normalize))
+    V0 = _start(V0, name, block, dtype)
+    return np.asarray(_kernel(traced_parameters(block, V0.dtype), V0, depth))
 
 
 @eqx.filter_jit
-def _random_recursion(block: Block, keys: Array, V0: Array, depth: int, saved: tuple[int, ...],
-                      normalize: str | None) -> tuple[Array]:
+def _random_recursion(block: Block, keys: Array, V0: Array, depth: int,
+                      saved: tuple[int, ...]) -> tuple[Array]:
     """V at the ``saved`` layers of one n = infinity network per key, (len(keys), k, m, m):
     layer l draws its heads from fold_in(key, l), as ``simulate_network`` does."""
 
     def one(key: Array) -> Array:
         def step(V: Array, layer: Array) -> tuple[Array, Array]:
-            V1 = block.infinite_width_layer(jax.random.fold_in(key, layer), V, normalize)
+            V1 = block.infinite_width_layer(jax.random.fold_in(key, layer), V)
             return V1, V1
 
         path = jax.lax.scan(step, V0, jnp.arange(1, depth + 1))[1]
@@ -138,24 +138,25 @@ def simulate_infinite_width(block: Block, V0: object, *, depth: int, n_samples: 
         t = l / n (which is 0 for every layer at infinite width). Nothing explodes here
         (softmax rows and the ReLU kernel keep V bounded): ``exploded`` is all False.
     """
-    block = _check_block(block)
+    config_block = block.config() if isinstance(block, Block) else None
+    block = _check_block(block, normalize)
     depth = check_int("depth", depth, low=1)
     n_samples = check_int("n_samples", n_samples, low=1)
-    normalize = check_normalize(normalize)
     chunk_size = check_int("chunk_size", chunk_size, low=1)
     if n_save is None:
         layers = np.arange(depth + 1)
     else:
         layers = save_layers(depth, check_int("n_save", n_save, low=2))
-    V0 = _start(V0, "V0", normalize, dtype)
+    V0 = _start(V0, "V0", block, dtype)
     saved = tuple(int(i) for i in layers)
     traced = traced_parameters(block, V0.dtype)  # one compilation for every gamma
-    (V,) = run_chunked(lambda keys: _random_recursion(traced, keys, V0, depth, saved, normalize),
+    (V,) = run_chunked(lambda keys: _random_recursion(traced, keys, V0, depth, saved),
                        key, n_samples, chunk_size, progress=progress,
                        desc="infinite-width layers")
     return Trajectories(
         t=layers.astype(float), V=V, exploded=np.zeros(n_samples, bool),
         explosion_time=np.full(n_samples, np.inf),
-        config={"kind": "infinite_width", "time": "layer index", "block": block.config(),
-                "depth": depth, "n_samples": n_samples, "normalize": normalize,
+        config={"kind": "infinite_width", "time": "layer index", "block": config_block,
+                "depth": depth, "n_samples": n_samples,
+                "normalize": "rms" if block.is_normalized else None,
                 "dtype": dtype, "V0": np.asarray(V0).tolist()})

@@ -2,7 +2,7 @@ r"""Discretisation error of SDE statistics, estimated from two coupled solves.
 
 A scheme of weak order p has, for a smooth statistic S of the law of V_t,
 S(dt) = S(0) + c dt^p + o(dt^p). Two solves of the same paths at dt and at 2 dt (or dt / 2),
-driven by the same Brownian path (``brownian.Increments``), give
+driven by the same Brownian path (``MatrixBrownianPath``), give
 
     |S(dt) - S(0)| ~ |S(dt) - S(2 dt)| / (2^p - 1) ~ |S(dt) - S(dt / 2)| / (1 - 2^-p).
 
@@ -38,7 +38,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import special
 
-from . import metrics
+from ..analysis import metrics
 
 QUANTILES = (0.05, 0.5, 0.95)
 """Quantile levels of rho whose step error is estimated (with the mean)."""

@@ -21,10 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-from .blocks.base import Block
-from .network import gram, initial_features
-from .normalize import rms
-from .validation import check_covariance, check_int, check_normalize, check_width
+from ..blocks import Block, normalized
+from ..blocks.normalization import rms
+from ..validation import check_covariance, check_int, check_normalize, check_width
+from .simulate import gram, initial_features
 
 
 def one_layer_increments(block: Block, V: object, *, width: int, n_samples: int, key: Array,
@@ -35,23 +35,23 @@ def one_layer_increments(block: Block, V: object, *, width: int, n_samples: int,
     width = check_width(width, V.shape[0])
     block.check_width(width)
     n_samples = check_int("n_samples", n_samples, low=2)
-    normalize = check_normalize(normalize)
-    if normalize == "rms":
+    if check_normalize(normalize) == "rms":
+        block = normalized(block)
+    if block.is_normalized:
         V = np.asarray(rms(jnp.asarray(V)), np.float64)
     X0 = jnp.asarray(initial_features(V, width), jnp.float32)
     keys = jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(n_samples))
-    dV, cv = _increments(block, X0, keys, normalize, batch_size)
+    dV, cv = _increments(block, X0, keys, batch_size)
     return np.asarray(dV, np.float64), np.asarray(cv, np.float64)
 
 
 @eqx.filter_jit
-def _increments(block: Block, X0: Array, keys: Array, normalize: str | None,
-                batch_size: int) -> tuple[Array, Array]:
-    """Compiled once per (block, shapes, normalize): repeated calls reuse it."""
+def _increments(block: Block, X0: Array, keys: Array, batch_size: int) -> tuple[Array, Array]:
+    """Compiled once per (block, shapes): repeated calls reuse it."""
     V0 = gram(X0)
 
     def one(k: Array) -> tuple[Array, Array]:
-        X1, cv = block.layer_with_control(k, X0, normalize)
+        X1, cv = block.layer_with_control(k, X0)
         return gram(X1) - V0, cv
 
     return jax.lax.map(one, keys, batch_size=batch_size)

@@ -24,12 +24,13 @@ import numpy as np
 from jax import Array
 from tqdm.auto import tqdm
 
-from ._batching import chunks, key_record, over_devices, padded_chunk_size, path_keys
-from ._precision import resolve_dtype
-from .blocks.base import Block, traced_parameters
-from .reduced import Scalar
-from .trajectories import Trajectories
-from .validation import (
+from .._batching import chunks, key_record, over_devices, padded_chunk_size, path_keys
+from .._precision import resolve_dtype
+from ..analysis.metrics import correlation
+from ..analysis.trajectories import Trajectories
+from ..blocks import Block, normalized, traced_parameters
+from ..blocks._reduced import Scalar
+from ..validation import (
     check_covariance,
     check_int,
     check_key,
@@ -48,11 +49,6 @@ def initial_features(V0: np.ndarray, width: int) -> np.ndarray:
     X0 = np.zeros((V0.shape[0], width))
     X0[:, : V0.shape[0]] = math.sqrt(width) * L0
     return X0
-
-
-def _rms_rows_np(X: np.ndarray) -> np.ndarray:
-    """``blocks.base.rms_rows`` in NumPy float64 (no per-width JAX kernel before the run)."""
-    return X / np.sqrt(np.mean(X * X, axis=-1, keepdims=True))
 
 
 def gram(X: Array) -> Array:
@@ -76,7 +72,7 @@ def _covariance(Z: Array, method: str) -> Array:
 
 @eqx.filter_jit
 def _advance(block: Block, keys: Array, states: _NetworkState, first_layer: Array,
-             n_layers: Array, width: Scalar, method: str, normalize: str | None,
+             n_layers: Array, width: Scalar, method: str,
              bound: Array) -> tuple[_NetworkState, Array]:
     """Apply layers first_layer + 1, ..., first_layer + n_layers to a batch of samples (split
     over the local devices). ``width`` is a Python int (static) or, for a reduced layer that
@@ -84,8 +80,8 @@ def _advance(block: Block, keys: Array, states: _NetworkState, first_layer: Arra
 
     def layer(key: Array, Z: Array) -> Array:
         if method == "full":
-            return block.layer(key, Z, normalize)
-        return block.reduced_layer(key, Z, width, normalize)
+            return block.layer(key, Z)
+        return block.reduced_layer(key, Z, width)
 
     def one(key: Array, s: _NetworkState, first_layer: Array, n_layers: Array,
             bound: Array) -> tuple[_NetworkState, Array]:
@@ -112,12 +108,6 @@ def save_layers(depth: int, n_save: int) -> np.ndarray:
     return np.unique(np.round(np.linspace(0, depth, n_save)).astype(int))
 
 
-def block_heads(block: Block) -> int:
-    """Largest number of heads among the block's attention layers (for memory estimates)."""
-    heads = getattr(block, "heads", 1)
-    return int(heads) if heads != math.inf else 1
-
-
 def default_chunk_size(width: int, heads: int = 1) -> int:
     """Samples per compiled call so that one chunk's weights take about 256 MB (float32)."""
     return int(np.clip(2**26 // (width * width * max(heads, 1)), 1, 512))
@@ -132,15 +122,17 @@ def simulate_network(block: Block, V0: object, *, width: int, depth: int, n_samp
 
     Args:
         block: any block (``StandardAttention`` included: it needs no SDE limit).
-        V0: initial covariance (m, m); with ``normalize="rms"`` mapped to its correlation.
+        V0: initial covariance (m, m); mapped to its correlation matrix where the block is
+            normalised.
         width: feature width n >= m (also the hidden width of MLPs).
         depth: number of blocks; the final time is depth / width.
         n_samples: independent networks (fresh weights each); sample i uses
             ``fold_in(key, i)``, so results do not depend on ``n_samples`` or ``chunk_size``.
         n_save: number of evenly spaced saved layers, including 0 and ``depth``.
-        normalize: None, or "rms" to rescale every token to norm sqrt(n) after each sub-block.
+        normalize: None, or "rms" to rescale every token to norm sqrt(n) after each sub-block
+            (shorthand for the block ``normalized(block)``).
         method: "full" multiplies real n x n weight matrices (O(m n^2) per layer, the ground
-            truth); "reduced" samples the same law on m x m matrices (``shapedsde.reduced``,
+            truth); "reduced" samples the same law on m x m matrices (``shapedsde.blocks._reduced``,
             cost independent of n); "auto" picks "reduced" when the block has it.
         blowup_bound: a sample with |V_ab| > ``blowup_bound * max(diag V0)`` (or overflow) is
             frozen and flagged, as in ``solve_sde``.
@@ -176,23 +168,24 @@ def simulate_network(block: Block, V0: object, *, width: int, depth: int, n_samp
     elif method == "reduced" and not block.has_reduced:
         raise ValueError(f"method='reduced' is not available for {type(block).__name__}")
     jdtype = resolve_dtype(dtype)
+    config_block = block.config()
     if normalize == "rms":
-        d = np.sqrt(np.diag(V0))
-        V0 = V0 / np.outer(d, d)
+        block = normalized(block)
+    if block.is_normalized:
+        V0 = correlation(V0)
     if chunk_size is None:
-        chunk_size = 512 if method == "reduced" else default_chunk_size(width, block_heads(block))
+        chunk_size = 512 if method == "reduced" else default_chunk_size(width, block.max_heads)
     chunk_size = padded_chunk_size(n_samples, check_int("chunk_size", chunk_size, low=1))
 
     layers = save_layers(depth, n_save)
     check_result_size(n_samples, len(layers), m, dtype, names=("n_samples", "n_save"),
                       split="split the run over several calls with first_sample")
-    config = {"kind": "network", "block": block.config(), "width": width, "depth": depth,
+    config = {"kind": "network", "block": config_block, "width": width, "depth": depth,
               "n_samples": n_samples, "first_sample": first_sample, "method": method,
-              "normalize": normalize, "blowup_bound": blowup_bound, "dtype": dtype,
-              "V0": V0.tolist(), "key": key_record(key)}
+              "normalize": "rms" if block.is_normalized else None,
+              "blowup_bound": blowup_bound, "dtype": dtype, "V0": V0.tolist(),
+              "key": key_record(key)}
     X0 = initial_features(V0, width)  # NumPy float64, cast once below
-    if normalize == "rms":
-        X0 = _rms_rows_np(X0)
     V_init = X0 @ X0.T / width
     Z0 = jnp.asarray(X0 if method == "full" else V_init, jdtype)
     V_init = np.asarray(jnp.asarray(V_init, jdtype))  # saved at t = 0, in the run's dtype
@@ -212,7 +205,7 @@ def simulate_network(block: Block, V0: object, *, width: int, depth: int, n_samp
             V_all[start:start + size, 0] = V_init
             for i, (lo, hi) in enumerate(zip(layers[:-1], layers[1:], strict=True), 1):
                 states, V = _advance(block, keys, states, jnp.asarray(lo), jnp.asarray(hi - lo),
-                                     width_arg, method, normalize, bound)
+                                     width_arg, method, bound)
                 V_all[start:start + size, i] = np.asarray(V)[:size]
                 bar.update(int(hi - lo))
             t_exp[start:start + size] = np.asarray(states.t_explode)[:size]

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from shapedsde import metrics
+from . import metrics
 
 __all__ = ["FORMAT_VERSION", "Trajectories"]
 

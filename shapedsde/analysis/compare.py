@@ -17,9 +17,9 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import stats
 
-from shapedsde import metrics
-from shapedsde.trajectories import Trajectories
-from shapedsde.validation import check_real
+from ..validation import check_real
+from . import metrics
+from .trajectories import Trajectories
 
 __all__ = ["Comparison", "ComparisonRow", "compare", "common_times"]
 

@@ -27,8 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-from .linalg import psd_sqrt
-from .normalize import rms
+from ..linalg import psd_sqrt
 
 Scalar = float | int | Array
 """A block parameter or a width: a Python number (static under jit) or a traced JAX scalar."""
@@ -93,7 +92,3 @@ def residual_gram(key: Array, L: Array, L_M: Array, gamma: Scalar, width: Scalar
 def root(V: Array) -> Array:
     """Square root used by the reduced layers (tolerates singular V)."""
     return psd_sqrt(V)[0]
-
-
-def maybe_normalize(V: Array, normalize: str | None) -> Array:
-    return rms(V) if normalize == "rms" else V
