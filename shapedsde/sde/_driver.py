@@ -57,7 +57,8 @@ def solve(solver: Any, block: Block, V0: Array, save_ts: Array, steps_per_save: 
         brownian_dt: step of the Brownian path's base grid (default: the grid's step).
         chunk_size: paths per compiled call (padded to one shape).
     """
-    grid_dt = float(save_ts[1] - save_ts[0]) / steps_per_save
+    ts = np.asarray(save_ts)  # on the host: no op-by-op compilation
+    grid_dt = float(ts[1] - ts[0]) / steps_per_save
     dt = jnp.asarray(grid_dt if brownian_dt is None else brownian_dt, V0.dtype)
     steps = jnp.asarray(steps_per_save, jnp.int32)
     result = ChunkedResult(n_paths)
