@@ -3,7 +3,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 LINT_DIRS := $(wildcard shapedsde tests benchmarks experiments)
 
-.PHONY: install demo demo-figure figures test test-fast lint clean
+.PHONY: install demo demo-figure figures test test-all lint clean
 
 install: $(INSTALLED)
 
@@ -25,13 +25,17 @@ demo-figure: $(INSTALLED)
 figures: $(INSTALLED)
 	$(VENV)/bin/shapedsde figures $(FIGURE_ARGS)
 
-# two worker processes: most tests are dominated by single-threaded XLA compilation
+# CI's set: every test but the statistical ones marked slow, in two worker processes (most
+# tests are dominated by single-threaded XLA compilation); then the linter
 test: $(INSTALLED)
-	$(PY) -m pytest -q -n 2 --durations=15
+	$(PY) -m pytest -q -n 2 -m "not slow" --durations=15
 	$(VENV)/bin/ruff check $(LINT_DIRS)
 
-test-fast: $(INSTALLED)
-	$(PY) -m pytest -q -n 2 -m "not slow"
+# every test, the slow statistical ones included (about 25 minutes on 2 cores): run it for a
+# change of the science, the solver or the simulators
+test-all: $(INSTALLED)
+	$(PY) -m pytest -q -n 2 --durations=15
+	$(VENV)/bin/ruff check $(LINT_DIRS)
 
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check $(LINT_DIRS)

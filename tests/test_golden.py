@@ -1,7 +1,13 @@
 """Behaviour is preserved: every simulator reproduces the golden set recorded before the
 solver was redesigned (``tests/golden_cases.py``), arrays to 1e-8 relative (an absolute
 floor of 1e-12 times the array's scale, for entries near zero) and flags and counts exactly,
-in float64."""
+in float64.
+
+Every case is one compilation of its own (5-40 s on 2 cores), so the fast set (``make test``)
+checks one case of each kind of code: each solver, both "rms" schemes, the step control,
+refined hot paths, a mask, infinitely many heads, both network simulators, the
+infinite-width simulator and ``nngp_kernel``. The others are marked slow (``make
+test-all``)."""
 
 from __future__ import annotations
 
@@ -11,6 +17,11 @@ import pytest
 from golden_cases import CASES, GOLDEN
 
 EXACT = ("exploded", "psd_repairs", "solver", "coupled_paths")
+FAST = {"sde/congruence/raw", "sde/euler/rms", "sde/congruence/rms", "sde/euler/rms-ito",
+        "sde/auto/hot-rms", "sde/refined/congruence", "sde/causal/rms", "sde/heads-inf",
+        "net/attention/reduced-rms", "net/transformer/full-rms", "inf/standard-transformer",
+        "nngp/standard-attention", "nngp/standard-transformer-rms", "nngp/shaped"}
+assert FAST <= set(CASES), FAST - set(CASES)
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +30,8 @@ def golden():
         return {k: data[k] for k in data.files}
 
 
-@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("name", [
+    name if name in FAST else pytest.param(name, marks=pytest.mark.slow) for name in CASES])
 def test_golden_case_is_reproduced(name, golden):
     was = jax.config.jax_enable_x64
     try:

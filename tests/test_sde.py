@@ -4,6 +4,7 @@ on a case with a known answer."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import jax
@@ -56,31 +57,40 @@ def test_refined_paths_do_not_depend_on_their_batch():
     np.testing.assert_allclose(small.V, big.V, rtol=1e-6, atol=1e-6)
 
 
-def test_refined_paths_do_not_depend_on_the_group_size(monkeypatch):
-    """The refinement's group size (``refinement.group_size``: pairs from 3 tokens on) is a
-    matter of cost only: hot paths of 3 tokens refined in groups of 8 and in pairs agree. In
-    float64, to 1e-9 (seen: equal); in float32 the lanes of 8 and of 2 round differently and
-    the hot paths amplify it to about 1e-4."""
-    from shapedsde.sde import _refinement as refinement
+def test_refined_paths_do_not_depend_on_the_group_size():
+    """The refinement's group size (``Refined.group``, default ``group_size``: pairs from 3
+    tokens on) is a matter of cost only: hot paths of 3 tokens refined in groups of 8 and in
+    pairs agree. In float64, to 1e-9 (seen: equal); in float32 the lanes of 8 and of 2 round
+    differently and the hot paths amplify it to about 1e-4."""
+    import dataclasses
 
-    hot = sd.ShapedAttention(tau0=0.3, gamma=0.9)
-    kw = dict(T=2.0, dt=1 / 64, n_save=2, n_paths=64, solver="congruence", dtype="float64",
-              progress=False)
-    V0_3 = sd.default_covariance(3)
+    from shapedsde.sde import _refinement as refinement
+    from shapedsde.sde import solve
+
+    with float64():
+        V0 = jnp.asarray(sd.default_covariance(3), jnp.float64)
+        hot, refined = _hot_solver("congruence", V0)
+        assert refined.group is None and refinement.group_size(3) == 2
+        ts = jnp.asarray([0.0, 2.0])
+        pairs = solve(refined, hot, V0, ts, 128, key=jax.random.key(4), n_paths=64)
+        eights = solve(dataclasses.replace(refined, group=8), hot, V0, ts, 128,
+                       key=jax.random.key(4), n_paths=64)
+    exploded = pairs.t_explode >= 0
+    assert 0.02 < exploded.mean() < 0.5  # refinement was at work
+    np.testing.assert_array_equal(eights.t_explode >= 0, exploded)
+    np.testing.assert_allclose(eights.t_explode, pairs.t_explode, rtol=1e-12)
+    np.testing.assert_allclose(eights.V, pairs.V, rtol=1e-9, atol=1e-12)
+
+
+@contextlib.contextmanager
+def float64():
+    """x64 on inside (process-wide; restored on exit)."""
     was = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
     try:
-        pairs = sd.solve_sde(hot, V0_3, key=jax.random.key(4), **kw)
-        assert refinement.group_size(3) == 2
-        monkeypatch.setattr(refinement, "group_size", lambda m: 8)
-        jax.clear_caches()  # the group size is read when the solve is traced
-        eights = sd.solve_sde(hot, V0_3, key=jax.random.key(4), **kw)
-        jax.clear_caches()  # no later test may reuse the program traced with the patched size
+        yield
     finally:
         jax.config.update("jax_enable_x64", was)
-    assert 0.02 < pairs.exploded_fraction < 0.5  # refinement was at work
-    np.testing.assert_array_equal(eights.exploded, pairs.exploded)
-    np.testing.assert_allclose(eights.explosion_time, pairs.explosion_time, rtol=1e-12)
-    np.testing.assert_allclose(eights.V, pairs.V, rtol=1e-9, atol=1e-12)
 
 
 def _hot_solver(solver: str, V0: jax.Array):
@@ -97,7 +107,7 @@ def test_refined_step_redoes_the_hot_paths_where_its_state_says():
     the calm scale where its state says some path may need it. From a state with one path far
     above it, the refined and the plain steps differ for that path only; with the state
     saying no path needs it, the step is the wrapped solver's."""
-    import jax.numpy as jnp
+    import equinox as eqx
 
     from shapedsde.sde import MatrixBrownianPath, covariance_terms
 
@@ -109,35 +119,39 @@ def test_refined_step_redoes_the_hot_paths_where_its_state_says():
     scale = jnp.array([3.0, 1.0, 1.0, 1.0])[:, None, None]  # level 3 at the start
     y = y * scale
     state = state._replace(L=state.L * jnp.sqrt(scale), LT=state.LT * jnp.sqrt(scale))
-    args = (terms, jnp.float32(3 / 256), jnp.float32(4 / 256), y, None)
-    plain = refined.solver.step(*args, state, False)[0]
-    redone = refined.step(*args, (state, jnp.bool_(True)), False)
+
+    @eqx.filter_jit  # one compilation: op by op, the step's loops compile one by one
+    def steps(refined, terms, y, state, hot, calm):
+        args = (terms, jnp.float32(3 / 256), jnp.float32(4 / 256), y, None)
+        return (refined.solver.step(*args, state, False)[0],
+                refined.step(*args, (state, hot), False),
+                refined.step(*args, (state, calm), False)[0])
+
+    plain, redone, kept = steps(refined, terms, y, state, jnp.bool_(True), jnp.bool_(False))
     assert bool(redone[3][1])  # still hot
     assert not np.allclose(plain[0], redone[0][0], rtol=1e-3)
     # the cond's branches compile apart: equal up to float32 rounding
     np.testing.assert_allclose(plain[1:], redone[0][1:], rtol=1e-6, atol=1e-7)
-    kept = refined.step(*args, (state, jnp.bool_(False)), False)[0]
     np.testing.assert_allclose(kept, plain, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("solver", ["euler", "congruence"])
 def test_diffeqsolve_runs_the_package_solvers_as_the_driver_does(solver):
     """diffrax's contracts: ``diffrax.diffeqsolve`` with ``ConstantStepSize`` drives the
-    package's solvers (refinement wrapper included) on its terms and Brownian path, and gives
-    the driver's paths (float64, hot attention with refinement at work; diffrax accumulates
-    its step times with its own rounding, so equal to 1e-9). diffrax's own Euler runs on the
-    same terms and path too: unguarded and unrefined, it agrees with the package's Euler
-    without refinement on the paths that stay inside the PSD cone and below the bound."""
+    package's solvers on its terms and Brownian path and gives the driver's paths (float64,
+    hot attention; diffrax accumulates its step times with its own rounding, so equal to
+    1e-9): the guarded Euler alone, and the congruence step inside the refinement wrapper
+    with refinement at work. diffrax's own Euler runs on the same terms and path too:
+    unguarded, it agrees with the guarded Euler on the paths that stay inside the PSD cone
+    and below the bound."""
     import diffrax
-    import jax.numpy as jnp
 
     from shapedsde.sde import MatrixBrownianPath, covariance_terms, solve
 
-    was = jax.config.jax_enable_x64
-    try:
-        jax.config.update("jax_enable_x64", True)
+    with float64():
         V0 = jnp.asarray(sd.default_covariance(3), jnp.float64)
-        hot, step_solver = _hot_solver(solver, V0)
+        hot, refined = _hot_solver(solver, V0)
+        step_solver = refined.solver if solver == "euler" else refined
         n, T, steps = 16, 1.0, 64
         key = jax.random.key(3)
         ts = jnp.asarray([0.0, 0.5, 1.0])
@@ -149,24 +163,21 @@ def test_diffeqsolve_runs_the_package_solvers_as_the_driver_does(solver):
         y0 = step_solver.start(V0, n)[0]
 
         def with_diffrax(diffrax_solver):
-            return diffrax.diffeqsolve(terms, diffrax_solver, 0.0, T, T / steps, y0,
-                                       saveat=diffrax.SaveAt(ts=ts),
-                                       stepsize_controller=diffrax.ConstantStepSize(),
-                                       max_steps=steps + 1)
+            solution = diffrax.diffeqsolve(terms, diffrax_solver, 0.0, T, T / steps, y0,
+                                           saveat=diffrax.SaveAt(ts=ts),
+                                           stepsize_controller=diffrax.ConstantStepSize(),
+                                           max_steps=steps + 1)
+            return np.swapaxes(np.asarray(solution.ys), 0, 1)
 
-        theirs = with_diffrax(step_solver)
-        np.testing.assert_allclose(np.swapaxes(np.asarray(theirs.ys), 0, 1), ours.V,
-                                   rtol=1e-9, atol=1e-12)
-        if solver == "euler":  # against the guarded Euler without its refinement
-            unrefined = solve(step_solver.solver, hot, V0, ts, steps // 2, key=key, n_paths=n,
-                              chunk_size=n)
-            inside = (unrefined.repairs == 0) & (unrefined.t_explode < 0)
+        np.testing.assert_allclose(with_diffrax(step_solver), ours.V, rtol=1e-9, atol=1e-12)
+        if solver == "euler":
+            inside = (ours.repairs == 0) & (ours.t_explode < 0)
             assert inside.sum() >= n // 2
-            plain = np.swapaxes(np.asarray(with_diffrax(diffrax.Euler()).ys), 0, 1)
-            np.testing.assert_allclose(plain[inside], unrefined.V[inside], rtol=1e-9,
-                                       atol=1e-12)
-    finally:
-        jax.config.update("jax_enable_x64", was)
+            plain = with_diffrax(diffrax.Euler())
+            np.testing.assert_allclose(plain[inside], ours.V[inside], rtol=1e-9, atol=1e-12)
+        else:
+            peak = np.diagonal(ours.V, axis1=2, axis2=3).max(axis=(1, 2))
+            assert (peak > float(refined.calm)).any()  # paths in the refinement's range
 
 
 def test_first_path_continues_the_same_run():
@@ -283,11 +294,9 @@ def test_float64_switch():
     try:
         tr = sd.solve_sde(BLOCK, V0, key=jax.random.key(0), n_paths=2, dtype="float64", **KW)
         assert tr.V.dtype == np.float64
-        for method in ("full", "reduced"):
-            net = sd.simulate_network(sd.ShapedTransformerBlock(), V0, width=8, depth=2,
-                                      n_samples=2, key=jax.random.key(0), method=method,
-                                      progress=False)
-            assert net.V.dtype == np.float32
+        net = sd.simulate_network(BLOCK, V0, width=8, depth=2, n_samples=2,
+                                  key=jax.random.key(0), method="full", progress=False)
+        assert net.V.dtype == np.float32
         assert sd.solve_sde(BLOCK, V0, key=jax.random.key(0), n_paths=2, **KW).V.dtype \
             == np.float32
     finally:

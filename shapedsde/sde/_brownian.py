@@ -191,9 +191,9 @@ class MatrixBrownianPath(diffrax.AbstractBrownianPath):
     def base_steps(self) -> BaseStepPath | MatrixBrownianPath:
         """The same path for a reader that takes one base step at a time (the plain steps of a
         solve on the path's own grid): ``evaluate`` without the dispatch on the interval's
-        kind, 2-7% faster per step from three tokens on. At two XLA compiles that reading
-        into a step 1.5 times slower than the dispatched one (``benchmarks/README.md``), so
-        the path itself is returned there."""
+        kind, faster per step from three tokens on. At two tokens XLA compiles that reading
+        into a slower step than the dispatched one (``benchmarks/README.md``), so the path
+        itself is returned there."""
         return BaseStepPath(self.normals, self.dt) if self.normals.m >= 3 else self
 
     def within(self, t0: Array, t1: Array) -> StepPath:

@@ -116,7 +116,7 @@ def _integrate(solver: Any, block: Block, keys: Array, V0: Array, save_ts: Array
     def refined_steps(carry: tuple[Array, Array, Any, Array]) -> tuple[Array, Array, Any, Array]:
         """A run of plain steps while no path is hot, then of refined steps while some is (or
         on another grid than the path's own, the coupled solves, always the latter): the
-        loops' own conditions decide, where a ``cond`` in every step would cost 5-10%
+        loops' own conditions decide, which is cheaper than a ``cond`` in every step
         (``benchmarks/README.md``)."""
         carry = jax.lax.while_loop(lambda c: (c[0] < n_steps) & own_grid & ~c[2][1],
                                    plain_step, carry)

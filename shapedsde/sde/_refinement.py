@@ -85,7 +85,7 @@ def levels(drift_rate: Array) -> Array:
     return jnp.clip(jnp.ceil(jnp.log2(ratio)), 0, MAX_LEVEL).astype(jnp.int32)
 
 
-@eqx.filter_jit  # one compilation, where op-by-op it was about 15 (1.4 s on the first call)
+@eqx.filter_jit  # one compilation on the first call, not one per operation
 def calm_scale(drift: Callable[[Array], Array], V0: Array) -> Array:
     """Largest variance below which no path needs refinement: max diag V0 times
     max(2, sqrt(MAX_CHANGE / (r0 REFERENCE_STEP))), r0 the relative drift rate at V0, assuming
@@ -125,10 +125,12 @@ def _take(tree: Any, idx: Array) -> Any:
 
 class Refined(diffrax.AbstractItoSolver):
     """``solver``, with the steps of hot paths redone in substeps (module docstring).
-    ``calm``: the variance below which no path needs refinement (``calm_scale``)."""
+    ``calm``: the variance below which no path needs refinement (``calm_scale``); ``group``:
+    hot paths refined together (default ``group_size(m)``; a matter of cost only)."""
 
     solver: GuardedSolver
     calm: Array
+    group: int | None = eqx.field(static=True, default=None)
 
     @property
     def term_structure(self) -> Any:
@@ -198,7 +200,7 @@ class Refined(diffrax.AbstractItoSolver):
         """(y1, state1), the plain step of the batch from ``start``, with the hot paths redone
         in substeps. A path above ``calm`` at level k > 0 at the start of the step is redone,
         going down to level min(k + HEADROOM, MAX_LEVEL) at most; such paths are taken in
-        groups of ``group_size(m)``, deepest first (so that a group's walks take similar
+        groups of ``group`` paths, deepest first (so that a group's walks take similar
         numbers of substeps), each on its own Brownian path and to its own depth: a path does
         not depend on the paths it is grouped with. Paths at level 0 keep their plain step."""
         y0, state0 = start
@@ -223,7 +225,8 @@ class Refined(diffrax.AbstractItoSolver):
             return jax.tree_util.tree_map(put, out, redone), todo
 
         deepest_first = jnp.where(grown & (level > 0), depth + 1, 0)
-        return in_groups(deepest_first, group_size(y0.shape[-1]), group, (y1, state1))
+        size = group_size(y0.shape[-1]) if self.group is None else self.group
+        return in_groups(deepest_first, size, group, (y1, state1))
 
     def walk(self, terms: Any, t0: Array, start: tuple[Array, GuardState], depth: Array,
              step_path: Any) -> tuple[Array, GuardState]:

@@ -55,8 +55,8 @@ UNDECIDED_CROSSING = 2.0
 """An undecided crossing estimate on every path of a run halves the step only above this times
 tol: where that happens its order-1/2 extrapolation overstates the error, up to about twofold
 (figure 7's setting, 10^4 paths: 0.77 points at dt = 1/2048, where two coupled ladders are
-0.3-0.7 points from their limit). Judged against tol itself, that run went on to 1/8192 (842 s
-against 136 s) for a crossing fraction of 3.11% against 3.25%."""
+0.3-0.7 points from their limit). Judged against tol itself, that run went on to 1/8192
+(six times the cost) for a crossing fraction of 3.11% against 3.25%."""
 
 
 @dataclass(frozen=True)
