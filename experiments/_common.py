@@ -129,10 +129,15 @@ def block_from_config(spec: dict[str, Any]) -> sd.Block:
     if kind == "ShapedTransformerBlock":
         return sd.ShapedTransformerBlock(block_from_config(spec["attention"]),
                                          block_from_config(spec["mlp"]))
+    if kind == "Serial":
+        return sd.Serial(*(block_from_config(layer) for layer in spec["layers"]))
+    if kind == "Normalized":
+        return sd.Normalized(block_from_config(spec["block"]))
     if spec.get("heads") == "inf":
         spec["heads"] = math.inf
+    # "mask" and "positions" (configs of blocks.masks / blocks.positions) are taken as they are
     classes = {"ShapedAttention": sd.ShapedAttention, "StandardAttention": sd.StandardAttention,
-               "ShapedMLP": sd.ShapedMLP}
+               "ShapedMLP": sd.ShapedMLP, "StandardMLP": sd.StandardMLP}
     if kind not in classes:
         raise ValueError(f"unknown block kind {kind!r}")
     return classes[kind](**spec)
@@ -145,6 +150,10 @@ def describe(spec: dict[str, Any]) -> str:
         return f"Transformer block [{describe(spec['attention'])}; {describe(spec['mlp'])}]"
     heads = spec.get("heads", 1)
     extra = "" if heads in (1, None) else f", H={heads}"
+    if spec.get("mask") is not None:
+        extra += f", {sd.blocks.as_mask(spec['mask']).describe()} mask"
+    if spec.get("positions") is not None:
+        extra += f", Pi = {sd.blocks.as_positions(spec['positions']).describe()}"
     if kind == "ShapedAttention":
         return f"shaped attention (tau0={spec['tau0']:g}, gamma={spec['gamma']:g}{extra})"
     if kind == "StandardAttention":
