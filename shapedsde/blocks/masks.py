@@ -70,15 +70,15 @@ class Mask:
         return np.array(self.pattern[0], dtype=bool) if len(rows) == 1 else None
 
     def config(self) -> dict[str, Any]:
-        """JSON-serialisable description: name and parameters, or the pattern itself."""
+        """JSON-serialisable description: name and parameters, or the pattern itself (with
+        its parameters, e.g. the file it was read from)."""
         if self.kind == "custom":
-            return {"kind": "custom", "pattern": [[int(x) for x in row] for row in self.pattern]}
+            pattern = [[int(x) for x in row] for row in self.pattern]
+            return {"kind": "custom", "pattern": pattern, **dict(self.params)}
         return {"kind": self.kind, "m": self.m, **dict(self.params)}
 
     def describe(self) -> str:
         """Short text such as 'sliding_window(m=8, w=2, causal=False)' (CLI, titles)."""
-        if self.kind == "custom":
-            return f"custom(m={self.m})"
         return f"{self.kind}({', '.join(f'{k}={v}' for k, v in (('m', self.m), *self.params))})"
 
 
@@ -163,7 +163,8 @@ def mask_from_config(spec: dict[str, Any], name: str = "mask") -> Mask:
     spec = dict(spec)
     kind = spec.pop("kind", None)
     if kind == "custom":
-        return _validated(spec.get("pattern"), name)
+        pattern = spec.pop("pattern", None)
+        return _validated(pattern, name, "custom", tuple(spec.items()))
     if kind not in CONSTRUCTORS:
         raise ValueError(f"{name}: unknown mask kind {kind!r}; choose from "
                          f"{', '.join(['custom', *CONSTRUCTORS])}")
@@ -173,11 +174,12 @@ def mask_from_config(spec: dict[str, Any], name: str = "mask") -> Mask:
         raise ValueError(f"{name}: bad parameters for a {kind} mask: {err}") from None
 
 
-def as_mask(value: Any, name: str = "mask") -> Mask:
+def as_mask(value: Any, name: str = "mask", **params: Any) -> Mask:
     """``value`` as a validated ``Mask``: a Mask, a config dict (``Mask.config()``), or an
-    m x m boolean (or 0/1) array-like."""
+    m x m boolean (or 0/1) array-like (``params``, e.g. source="mask.npy", are recorded with
+    it)."""
     if isinstance(value, Mask):
         return value
     if isinstance(value, dict):
         return mask_from_config(value, name)
-    return _validated(value, name)
+    return _validated(value, name, "custom", tuple(params.items()))

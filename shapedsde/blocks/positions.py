@@ -90,13 +90,11 @@ class PositionGram(eqx.Module):
     def config(self) -> dict[str, Any]:
         """JSON-serialisable description: name and parameters, or the matrix itself."""
         if self.kind == "custom":
-            return {"kind": "custom", "gram": self.matrix().tolist()}
+            return {"kind": "custom", "gram": self.matrix().tolist(), **dict(self.params)}
         return {"kind": self.kind, "m": self.m, **dict(self.params)}
 
     def describe(self) -> str:
         """Short text such as 'decay(m=8, rho=0.7, scale=1)' (CLI, titles)."""
-        if self.kind == "custom":
-            return f"custom(m={self.m})"
         items = (("m", self.m), *self.params)
         text = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in items)
         return f"{self.kind}({text})"
@@ -142,7 +140,8 @@ def positions_from_config(spec: dict[str, Any], name: str = "positions") -> Posi
     spec = dict(spec)
     kind = spec.pop("kind", None)
     if kind == "custom":
-        return PositionGram(spec.get("gram"), name=name)
+        gram = spec.pop("gram", None)
+        return PositionGram(gram, "custom", tuple(spec.items()), name=name)
     if kind not in CONSTRUCTORS:
         raise ValueError(f"{name}: unknown positional Gram kind {kind!r}; choose from "
                          f"{', '.join(['custom', *CONSTRUCTORS])}")
@@ -152,11 +151,12 @@ def positions_from_config(spec: dict[str, Any], name: str = "positions") -> Posi
         raise ValueError(f"{name}: bad parameters for a {kind} Gram: {err}") from None
 
 
-def as_positions(value: Any, name: str = "positions") -> PositionGram:
+def as_positions(value: Any, name: str = "positions", **params: Any) -> PositionGram:
     """``value`` as a validated ``PositionGram``: one already, a config dict, or an m x m
-    symmetric PSD array-like (Pi = P P^T / n)."""
+    symmetric PSD array-like (Pi = P P^T / n; ``params``, e.g. source="pi.npy", are recorded
+    with it)."""
     if isinstance(value, PositionGram):
         return value
     if isinstance(value, dict):
         return positions_from_config(value, name)
-    return PositionGram(value, name=name)
+    return PositionGram(value, "custom", tuple(params.items()), name=name)
