@@ -58,13 +58,14 @@ def _checked_gram(values: Any, name: str) -> np.ndarray:
 
 class PositionGram(eqx.Module):
     """The Gram Pi = P P^T / n of a fixed positional embedding P, with its symmetric square
-    root (leaves: traced like the blocks' float parameters) and the name and parameters it was
-    built from (static)."""
+    root, and the name (static) and parameters it was built from. Pi, its root and the float
+    parameters are leaves, traced like the blocks' float parameters (``traced_parameters``),
+    so that a sweep over Pi of one shape and kind reuses one compilation."""
 
     gram: np.ndarray | Array
     root: np.ndarray | Array
     kind: str = eqx.field(static=True)
-    params: tuple[tuple[str, Any], ...] = eqx.field(static=True)
+    params: tuple[tuple[str, Any], ...]
 
     def __init__(self, gram: Any, kind: str = "custom",
                  params: tuple[tuple[str, Any], ...] = (), *, name: str = "positions"):
@@ -87,15 +88,20 @@ class PositionGram(eqx.Module):
         """Pi as a float64 NumPy array (outside compiled code)."""
         return np.asarray(self.gram, np.float64)
 
+    def _params(self) -> dict[str, Any]:
+        """The parameters as plain Python values (floats made traceable become floats)."""
+        return {k: float(v) if isinstance(v, (Array, np.ndarray, np.generic)) else v
+                for k, v in self.params}
+
     def config(self) -> dict[str, Any]:
         """JSON-serialisable description: name and parameters, or the matrix itself."""
         if self.kind == "custom":
-            return {"kind": "custom", "gram": self.matrix().tolist(), **dict(self.params)}
-        return {"kind": self.kind, "m": self.m, **dict(self.params)}
+            return {"kind": "custom", "gram": self.matrix().tolist(), **self._params()}
+        return {"kind": self.kind, "m": self.m, **self._params()}
 
     def describe(self) -> str:
         """Short text such as 'decay(m=8, rho=0.7, scale=1)' (CLI, titles)."""
-        items = (("m", self.m), *self.params)
+        items = (("m", self.m), *self._params().items())
         text = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in items)
         return f"{self.kind}({text})"
 
@@ -105,11 +111,12 @@ class PositionGram(eqx.Module):
 
 
 def decay_gram(m: int, rho: float, scale: float = 1.0) -> PositionGram:
-    """Pi_ab = scale * rho^|a - b| (|rho| < 1, scale > 0): positional embeddings whose overlap
-    decays geometrically with the distance of the positions (positive definite)."""
+    """Pi_ab = scale * rho^|a - b| (|rho| < 1, scale >= 0): positional embeddings whose overlap
+    decays geometrically with the distance of the positions (positive definite for scale > 0;
+    scale = 0 is the same as no positions)."""
     m = check_int("m", m, low=1)
     rho = check_real("rho", rho, low=-1.0, high=1.0, high_open=True)
-    scale = check_real("scale", scale, low=0.0)
+    scale = check_real("scale", scale, low=0.0, low_open=False)
     idx = np.arange(m)
     gram = scale * rho ** np.abs(idx[:, None] - idx[None, :])
     return PositionGram(gram, "decay", (("rho", rho), ("scale", scale)))
