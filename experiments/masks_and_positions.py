@@ -143,7 +143,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Simulate, plot and save the figure."""
     opts = C.parse_args(NAME, __doc__, argv)
     cfg = opts.config(FULL, QUICK)
-    data, results = simulate(cfg, opts)
+    with C.quick_compilation(opts):
+        data, results = simulate(cfg, opts)
     shaped = cfg["shaped"]
     with C.style():
         fig, axes = C.subplots(2, len(CONFIGS), (3.3, 2.9), sharey="row")
