@@ -171,7 +171,8 @@ def test_nngp_map_with_mask_and_positions_matches_a_wide_network():
     z_no_pi = z(sd.StandardAttention(gamma=0.8, mask=WINDOW, positions=np.zeros((M, M))))
     z_no_mask = z(sd.StandardAttention(gamma=0.8, positions=PI))
     print(f"NNGP vs network: max |z| {np.abs(z_right).max():.2f}, rms z "
-          f"{np.sqrt(np.mean(z_right**2)):.2f}; without Pi {np.abs(z_no_pi).max():.1f}; "
+          f"{np.sqrt(np.mean(z_right**2)):.2f}, {np.sum(np.abs(z_right) <= 1)} of "
+          f"{z_right.size} entries within 1 SE; without Pi {np.abs(z_no_pi).max():.1f}; "
           f"without mask {np.abs(z_no_mask).max():.1f}")
     assert np.abs(z_right).max() < 4.5  # Bonferroni over 10 entries
     assert np.abs(z_no_pi).max() > 4.5 and np.abs(z_no_mask).max() > 4.5
