@@ -38,7 +38,7 @@ FULL: dict[str, Any] = {
     "width": 128, "n_samples": 2000, "dt": 2.0**-9, "method": "auto",
     "standard": {"gamma": 0.8}, "depths": [1, 2, 4, 8],
 }
-QUICK: dict[str, Any] = dict(FULL, tokens=5, width=16, n_samples=200, dt=2.0**-6,
+QUICK: dict[str, Any] = dict(FULL, tokens=4, width=8, n_samples=200, dt=2.0**-5,
                              method=C.QUICK_METHOD, depths=[1, 2, 4])
 
 
