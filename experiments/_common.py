@@ -115,8 +115,8 @@ def parse_args(name: str, doc: str | None, argv: Sequence[str] | None) -> Option
 @contextlib.contextmanager
 def quick_compilation(opts: Options) -> Iterator[None]:
     """Inside, a --quick run compiles with most XLA optimisations off (restored on exit): its
-    runs are tiny, so compilation is most of its time, and unoptimised code compiles about
-    twice as fast. The flag changes code generation only, not the sampled laws."""
+    runs are tiny, so compilation is most of its time, and unoptimised code compiles faster.
+    The flag changes code generation only, not the sampled laws."""
     name = "jax_disable_most_optimizations"
     old = jax.config.read(name)
     jax.config.update(name, bool(opts.quick) or old)

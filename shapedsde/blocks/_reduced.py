@@ -12,6 +12,11 @@ the law of V' given X depends on X only through V = L L^T. Rotating X to sqrt(n)
       n V' = (sqrt(n) lambda L + gamma L_M G_a)(...)^T + gamma^2 L_M (Z_b Z_b^T) L_M^T,
   with Z_b Z_b^T ~ Wishart_p(I, n - m) (Bartlett when n - m >= p, else sampled directly).
 
+With a positional embedding P in the attention's queries and keys (``blocks.positions``) the
+law of a layer depends on the joint Gram of [X; P], so the state is ``JointGram`` (V, the cross
+Gram C = X P^T / n and Pi): the frame then has q = 2m coordinates, L is (m, q), and the cross
+Gram follows from the head of X' alone (``residual_state``).
+
 The cost is O(m^3 + p^3) per sub-block, independent of the width n. When no shape depends on
 n (Bartlett factors, n_k >= m), the width may be a traced JAX scalar instead of a Python int, so
 one compilation serves every width (``simulate_network`` does this where the block allows it,
