@@ -16,5 +16,6 @@ FIGURES = (
     "blow_up",
     "heads",
     "limits",
+    "masks_and_positions",
 )
 """The figure scripts in paper order (``experiments/<name>.py``)."""
