@@ -75,6 +75,8 @@ def test_refined_paths_do_not_depend_on_the_group_size():
         pairs = solve(refined, hot, V0, ts, 128, key=jax.random.key(4), n_paths=64)
         eights = solve(dataclasses.replace(refined, group=8), hot, V0, ts, 128,
                        key=jax.random.key(4), n_paths=64)
+    with pytest.raises(ValueError, match="group"):
+        dataclasses.replace(refined, group=0)
     exploded = pairs.t_explode >= 0
     assert 0.02 < exploded.mean() < 0.5  # refinement was at work
     np.testing.assert_array_equal(eights.t_explode >= 0, exploded)

@@ -132,6 +132,10 @@ class Refined(diffrax.AbstractItoSolver):
     calm: Array
     group: int | None = eqx.field(static=True, default=None)
 
+    def __check_init__(self) -> None:
+        if self.group is not None and (not isinstance(self.group, int) or self.group < 1):
+            raise ValueError(f"group must be None or an int >= 1, got {self.group!r}")
+
     @property
     def term_structure(self) -> Any:
         return self.solver.term_structure
