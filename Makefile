@@ -21,7 +21,7 @@ demo: $(INSTALLED)
 demo-figure: $(INSTALLED)
 	$(VENV)/bin/shapedsde compare --no-progress --out figures/demo.png
 
-# paper figures (experiments/*.py) into figures/; e.g. make figures FIGURE_ARGS="--quick"
+# the package's figures (experiments/*.py) into figures/; e.g. make figures FIGURE_ARGS="--quick"
 figures: $(INSTALLED)
 	$(VENV)/bin/shapedsde figures $(FIGURE_ARGS)
 

@@ -31,6 +31,7 @@ from .blocks import (
     StandardAttention,
     StandardMLP,
     StandardTransformerBlock,
+    block_from_config,
     normalized,
 )
 from .compile_cache import enable_compilation_cache
@@ -53,6 +54,7 @@ __all__ = [
     "StandardMLP",
     "StandardTransformerBlock",
     "Trajectories",
+    "block_from_config",
     "compare",
     "correlation",
     "default_covariance",

@@ -212,7 +212,7 @@ def test_prints_configuration_used_and_records_seed(tmp_path, capsys):
     assert "tau0" not in header and "heads" not in header and "seed=7" in header
     # the step actually taken (T = 0.25 with 5 save times: 1/16), not the requested dt = 2
     assert "SDE step (euler solver): dt = 0.0625" in captured.out
-    assert "differs from the requested dt = 2" in captured.out
+    assert "shapedsde: warning: solve_sde: dt = 2 refined to 0.0625" in captured.err
     config = Trajectories.load(out).config
     assert config["seed"] == 7 and config["key"]["data"] == [0, 7]
 
