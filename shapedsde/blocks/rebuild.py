@@ -37,12 +37,17 @@ def block_classes() -> dict[str, type[Block]]:
     return found
 
 
+def _is_block_config(value: Any) -> bool:
+    return isinstance(value, Mapping) and value.get("kind") in block_classes()
+
+
 def _value(value: Any) -> Any:
     """A field of a block config as a constructor argument: nested blocks rebuilt, "inf"
-    (how ``config()`` writes infinitely many heads) as ``math.inf``."""
-    if isinstance(value, Mapping) and "kind" in value:
+    (how ``config()`` writes infinitely many heads) as ``math.inf``; anything else (e.g. the
+    description of a mask, which its block's constructor takes) as it is."""
+    if _is_block_config(value):
         return block_from_config(value)
-    if isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value):
+    if isinstance(value, list) and value and all(_is_block_config(v) for v in value):
         return [block_from_config(v) for v in value]
     return math.inf if value == "inf" else value
 
