@@ -1,7 +1,8 @@
 """Built-in defaults shared by the Python API, the CLI, the demo and the examples.
 
-One set of defaults serves ``solve_sde``, ``simulate_network`` and the ``shapedsde`` command
-(``tests/test_defaults.py`` checks that they agree):
+One set of defaults serves ``solve_sde``, ``simulate_network`` and the ``shapedsde`` command:
+the CLI reads them from here, and the functions' signatures state the same values, so that
+``help()`` and the API pages show them (``tests/test_first_hour.py`` checks that they agree):
 
 * ``NORMALIZE = None``: the block as given. ``normalize`` is shorthand for the block
   ``normalized(block)``, and every function that takes it (``drift``, ``diffusion_cov``, the

@@ -267,7 +267,8 @@ def compare(
     """Compare the laws of rho_ab(V_t) (a < b) and V_aa(V_t) between two sets of paths.
 
     Args:
-        a, b: the two samples of paths; they must have the same number of tokens.
+        a: the first sample of paths (e.g. the SDE's).
+        b: the second sample of paths (e.g. the networks'), with as many tokens as ``a``.
         quantiles: quantile levels reported for each sample.
         times: times to compare (each must be saved in both); default all common saved times,
             with a ``UserWarning`` that names the saved times of either sample that the other

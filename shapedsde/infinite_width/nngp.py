@@ -31,7 +31,6 @@ from .._precision import resolve_dtype
 from ..analysis.trajectories import Trajectories
 from ..blocks import Block, normalized, traced_parameters
 from ..blocks.normalization import rms
-from ..defaults import NORMALIZE, PROGRESS
 from ..network.simulate import save_layers
 from ..validation import check_covariance, check_int, check_normalize
 
@@ -112,9 +111,9 @@ def _random_recursion(block: Block, keys: Array, V0: Array, depth: int,
 
 
 def simulate_infinite_width(block: Block, V0: object, *, depth: int, n_samples: int, key: Array,
-                            n_save: int | None = None, normalize: str | None = NORMALIZE,
+                            n_save: int | None = None, normalize: str | None = None,
                             dtype: str = "float32", chunk_size: int = 1024,
-                            progress: bool = PROGRESS) -> Trajectories:
+                            progress: bool = False) -> Trajectories:
     """Sample the n = infinity recursion of ``depth`` blocks with the block's own number of
     heads: V_{l+1} = ``block.infinite_width_layer``(V_l), random where attention has finitely
     many heads (standard attention: V' = lambda^2 V + gamma^2 (1/H) sum_h A_h V A_h^T with

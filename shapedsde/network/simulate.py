@@ -30,7 +30,6 @@ from ..analysis.metrics import correlation
 from ..analysis.trajectories import Trajectories
 from ..blocks import Block, normalized, traced_parameters
 from ..blocks._reduced import Scalar
-from ..defaults import N_SAVE, NORMALIZE, PROGRESS
 from ..validation import (
     check_covariance,
     check_int,
@@ -115,10 +114,10 @@ def default_chunk_size(width: int, heads: int = 1) -> int:
 
 
 def simulate_network(block: Block, V0: object, *, width: int, depth: int, n_samples: int,
-                     key: Array, n_save: int = N_SAVE, normalize: str | None = NORMALIZE,
+                     key: Array, n_save: int = 17, normalize: str | None = None,
                      method: str = "auto", blowup_bound: float = 1e3, dtype: str = "float32",
                      chunk_size: int | None = None, first_sample: int = 0,
-                     progress: bool = PROGRESS) -> Trajectories:
+                     progress: bool = False) -> Trajectories:
     """Simulate the finite network of ``depth`` blocks at ``width`` from covariance ``V0``.
 
     Args:

@@ -46,7 +46,7 @@ from .._batching import key_record, padded_chunk_size
 from .._precision import resolve_dtype
 from ..analysis.trajectories import Trajectories
 from ..blocks import Block, normalized, traced_parameters
-from ..defaults import N_PATHS, N_SAVE, NORMALIZE, PROGRESS, TOL
+from ..defaults import TOL
 from ..validation import (
     check_covariance,
     check_int,
@@ -113,11 +113,10 @@ def _steps_per_save(interval: float, dt: float) -> int:
 
 
 def solve_sde(block: Block, V0: object, T: float, *, key: Array, dt: float | None = None,
-              tol: float = DEFAULT_TOL, n_paths: int = N_PATHS, n_save: int = N_SAVE,
-              normalize: str | None = NORMALIZE, solver: str = "auto",
-              scheme: str = "project", blowup_bound: float = 1e3, dtype: str = "float32",
-              chunk_size: int = 1024, first_path: int = 0,
-              progress: bool = PROGRESS) -> Trajectories:
+              tol: float = 0.005, n_paths: int = 1000, n_save: int = 17,
+              normalize: str | None = None, solver: str = "auto", scheme: str = "project",
+              blowup_bound: float = 1e3, dtype: str = "float32", chunk_size: int = 1024,
+              first_path: int = 0, progress: bool = False) -> Trajectories:
     """Integrate the covariance SDE of ``block`` from ``V0`` to time ``T`` for ``n_paths`` paths.
 
     Args:
