@@ -42,10 +42,10 @@ test-all: $(INSTALLED)
 # the documentation site (docs/, mkdocs.yml) into site/ (ignored by git); --strict: any warning
 # (a broken link, a docstring griffe cannot parse, a number missing from its JSON) fails
 docs: $(DOCS_INSTALLED)
-	$(VENV)/bin/mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 docs-serve: $(DOCS_INSTALLED)
-	$(VENV)/bin/mkdocs serve
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
 
 $(DOCS_INSTALLED): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)

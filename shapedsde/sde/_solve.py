@@ -32,7 +32,6 @@ the number of devices it runs on. Chunks are split over the local JAX devices.
 
 from __future__ import annotations
 
-import functools
 import math
 import warnings
 from typing import Any
@@ -234,7 +233,7 @@ def solve_sde(block: Block, V0: object, T: float, *, key: Array, dt: float | Non
             parts.append(Solution(*(a[:stop - lo] for a in part)))
             if brownian_dt is None:
                 bar.update(min(chunk, stop - lo))
-        return functools.reduce(_joined, parts)
+        return Solution(*(np.concatenate(arrays) for arrays in zip(*parts, strict=True)))
 
     def step_error(base: Solution, other: Solution, per_save: int) -> StepError:
         return estimate(base.V, base.t_explode >= 0, other.V, other.t_explode >= 0,
