@@ -90,6 +90,11 @@ def pilot_paths(n_paths: int) -> int:
     return min(n_paths, 2048, max(256, 1 << (n_paths // 4).bit_length() - 1))
 
 
+def _head(solution: Solution, n: int) -> Solution:
+    """The first n paths of a solve."""
+    return Solution(*(a[:n] for a in solution))
+
+
 def _joined(first: Solution, second: Solution) -> Solution:
     """Two solves of consecutive paths as one."""
     return Solution(*(np.concatenate(pair) for pair in zip(first, second, strict=True)))
@@ -221,19 +226,12 @@ def solve_sde(block: Block, V0: object, T: float, *, key: Array, dt: float | Non
     chunk = padded_chunk_size(pilot_paths(n_paths), chunk_size)
     grid = (step_solver, stepped, V0_j, jnp.asarray(save_ts, jdtype))
     bar = tqdm(total=n_paths, desc="SDE paths", unit="path", leave=False, disable=not progress)
+    run = dict(key=key, chunk_size=chunk)
 
-    def paths(steps: int, start: int, stop: int, brownian_dt: float | None = None) -> Solution:
-        """Paths start, ..., stop - 1 of the call at ``steps`` per saved interval, one chunk
-        of the run's compiled shape per driver call (padding dropped); the progress bar counts
-        the paths solved on the run's own grid."""
-        parts = []
-        for lo in range(start, stop, chunk):
-            part = solve(*grid, steps, key=key, n_paths=chunk, first_path=first_path + lo,
-                         brownian_dt=brownian_dt, chunk_size=chunk)
-            parts.append(Solution(*(a[:stop - lo] for a in part)))
-            if brownian_dt is None:
-                bar.update(min(chunk, stop - lo))
-        return Solution(*(np.concatenate(arrays) for arrays in zip(*parts, strict=True)))
+    def whole(count: int) -> int:
+        """Paths to ask the driver for: ``count`` rounded up to whole chunks (one compiled
+        shape for every solve; the padding is solved anyway and dropped by ``_head``)."""
+        return -(-count // chunk) * chunk
 
     def step_error(base: Solution, other: Solution, per_save: int) -> StepError:
         return estimate(base.V, base.t_explode >= 0, other.V, other.t_explode >= 0,
@@ -245,15 +243,22 @@ def solve_sde(block: Block, V0: object, T: float, *, key: Array, dt: float | Non
         # twice the step (or, where the grid cannot be halved, half the step)
         n = pilot_paths(n_paths)
         other_steps = per_save // 2 if per_save % 2 == 0 else 2 * per_save
+        coupled = dict(brownian_dt=interval / per_save, **run)
         bar.reset()
         bar.set_description(f"SDE paths (dt = {interval / per_save:.3g})")
-        base = paths(per_save, 0, n)
-        other = paths(other_steps, 0, n, brownian_dt=interval / per_save)
+        base = _head(solve(*grid, per_save, n_paths=whole(n), first_path=first_path, **run), n)
+        bar.update(n)
+        other = _head(solve(*grid, other_steps, n_paths=whole(n), first_path=first_path,
+                            **coupled), n)
         err = step_error(base, other, per_save)
         while dt is None and n < n_paths and err.crossing_undecided(tol):
             more = min(2 * n, n_paths)  # more coupled paths: paths n, ..., more - 1
-            base = _joined(base, paths(per_save, n, more))
-            other = _joined(other, paths(other_steps, n, more, brownian_dt=interval / per_save))
+            start = first_path + n
+            base = _joined(base, _head(solve(*grid, per_save, n_paths=whole(more - n),
+                                             first_path=start, **run), more - n))
+            bar.update(more - n)
+            other = _joined(other, _head(solve(*grid, other_steps, n_paths=whole(more - n),
+                                               first_path=start, **coupled), more - n))
             n = more
             err = step_error(base, other, per_save)
         if dt is not None or not err.above(tol, every_path=n == n_paths):
@@ -265,9 +270,14 @@ def solve_sde(block: Block, V0: object, T: float, *, key: Array, dt: float | Non
                           stacklevel=2)
             break
         per_save *= 2
-    if n < n_paths:
-        base = _joined(base, paths(per_save, n, n_paths))
+    parts = [base]
+    for start in range(n, n_paths, chunk):  # the rest, a chunk per call (for the progress bar)
+        size = min(chunk, n_paths - start)
+        parts.append(_head(solve(*grid, per_save, n_paths=chunk, first_path=first_path + start,
+                                 **run), size))
+        bar.update(size)
     bar.close()
+    base = Solution(*(np.concatenate(arrays) for arrays in zip(*parts, strict=True)))
     exploded = base.t_explode >= 0
     return Trajectories(
         t=save_ts, V=base.V, exploded=exploded,
