@@ -17,5 +17,6 @@ FIGURES = (
     "blow_up",
     "heads",
     "limits",
+    "masks_and_positions",
 )
 """The figure scripts in gallery order (``experiments/<name>.py``)."""

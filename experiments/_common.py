@@ -120,6 +120,20 @@ def progress_label(name: str, desc: str) -> str:
     return name if desc in ("", name) else f"{name}: {desc}"
 
 
+@contextlib.contextmanager
+def quick_compilation(opts: Options) -> Iterator[None]:
+    """Inside, a --quick run compiles with most XLA optimisations off (restored on exit): its
+    runs are tiny, so compilation is most of its time, and unoptimised code compiles faster.
+    The flag changes code generation only, not the sampled laws."""
+    name = "jax_disable_most_optimizations"
+    old = jax.config.read(name)
+    jax.config.update(name, bool(opts.quick) or old)
+    try:
+        yield
+    finally:
+        jax.config.update(name, old)
+
+
 def progress(items: Iterable[Any], opts: Options, desc: str) -> Iterator[Any]:
     """``items`` with an outer progress bar (the simulators draw their own inner bars)."""
     items = list(items)
@@ -137,10 +151,15 @@ def block_from_config(spec: dict[str, Any]) -> sd.Block:
     if kind == "ShapedTransformerBlock":
         return sd.ShapedTransformerBlock(block_from_config(spec["attention"]),
                                          block_from_config(spec["mlp"]))
+    if kind == "Serial":
+        return sd.Serial(*(block_from_config(layer) for layer in spec["layers"]))
+    if kind == "Normalized":
+        return sd.Normalized(block_from_config(spec["block"]))
     if spec.get("heads") == "inf":
         spec["heads"] = math.inf
+    # "mask" and "positions" (configs of blocks.masks / blocks.positions) are taken as they are
     classes = {"ShapedAttention": sd.ShapedAttention, "StandardAttention": sd.StandardAttention,
-               "ShapedMLP": sd.ShapedMLP}
+               "ShapedMLP": sd.ShapedMLP, "StandardMLP": sd.StandardMLP}
     if kind not in classes:
         raise ValueError(f"unknown block kind {kind!r}")
     return classes[kind](**spec)
@@ -153,6 +172,10 @@ def describe(spec: dict[str, Any]) -> str:
         return f"Transformer block [{describe(spec['attention'])}; {describe(spec['mlp'])}]"
     heads = spec.get("heads", 1)
     extra = "" if heads in (1, None) else f", H={heads}"
+    if spec.get("mask") is not None:
+        extra += f", {sd.blocks.as_mask(spec['mask']).describe()} mask"
+    if spec.get("positions") is not None:
+        extra += f", Pi = {sd.blocks.as_positions(spec['positions']).describe()}"
     if kind == "ShapedAttention":
         return f"shaped attention (tau0={spec['tau0']:g}, gamma={spec['gamma']:g}{extra})"
     if kind == "StandardAttention":

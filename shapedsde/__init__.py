@@ -21,9 +21,11 @@ from .analysis import (
 )
 from .blocks import (
     Block,
+    Mask,
     NoNNGPLimitError,
     Normalized,
     NoSDELimitError,
+    PositionGram,
     Serial,
     ShapedAttention,
     ShapedMLP,
@@ -32,7 +34,13 @@ from .blocks import (
     StandardMLP,
     StandardTransformerBlock,
     block_from_config,
+    block_mask,
+    causal_mask,
+    decay_gram,
     normalized,
+    padding_mask,
+    sinusoidal_gram,
+    sliding_window_mask,
 )
 from .compile_cache import enable_compilation_cache
 from .defaults import default_covariance
@@ -43,9 +51,11 @@ from .sde import diffusion_cov, drift, solve_sde
 __all__ = [
     "Block",
     "Comparison",
+    "Mask",
     "NoNNGPLimitError",
     "NoSDELimitError",
     "Normalized",
+    "PositionGram",
     "Serial",
     "ShapedAttention",
     "ShapedMLP",
@@ -55,8 +65,11 @@ __all__ = [
     "StandardTransformerBlock",
     "Trajectories",
     "block_from_config",
+    "block_mask",
+    "causal_mask",
     "compare",
     "correlation",
+    "decay_gram",
     "default_covariance",
     "diffusion_cov",
     "drift",
@@ -66,9 +79,12 @@ __all__ = [
     "nngp_layer",
     "normalized",
     "one_layer_moments",
+    "padding_mask",
     "plot_correlation_bands",
     "simulate_infinite_width",
     "simulate_network",
+    "sinusoidal_gram",
+    "sliding_window_mask",
     "solve_sde",
     "stable_rank",
 ]

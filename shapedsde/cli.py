@@ -23,10 +23,27 @@ from fractions import Fraction
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
+
 from . import __version__
 from ._batching import key_record
 from .analysis.trajectories import Trajectories
-from .blocks import Block, ShapedAttention, ShapedMLP, ShapedTransformerBlock
+from .blocks import (
+    Block,
+    Mask,
+    PositionGram,
+    ShapedAttention,
+    ShapedMLP,
+    ShapedTransformerBlock,
+    as_mask,
+    as_positions,
+    block_mask,
+    causal_mask,
+    decay_gram,
+    padding_mask,
+    sinusoidal_gram,
+    sliding_window_mask,
+)
 from .compile_cache import cache_from_environment
 from .defaults import N_PATHS, N_SAVE, NORMALIZE, TOL, default_covariance
 from .validation import (
@@ -43,11 +60,11 @@ from .validation import (
 PROG = "shapedsde"
 BLOCKS = ("attention", "mlp", "transformer")
 MODEL_DEFAULTS = {"gamma": 0.5, "tau0": 1.0, "heads": "1", "c_plus": 0.0, "c_minus": -1.0,
-                  "causal": False}
+                  "causal": False, "mask": None, "positions": None}
 """Defaults of the model options, those of ``ShapedAttention()`` and ``ShapedMLP()`` (parsed as
 None, so that an option given for a block it does not apply to can be told apart from its
 default)."""
-APPLIES = {"attention": ("gamma", "tau0", "heads", "causal"),
+APPLIES = {"attention": ("gamma", "tau0", "heads", "causal", "mask", "positions"),
            "mlp": ("gamma", "c_plus", "c_minus"),
            "transformer": tuple(MODEL_DEFAULTS)}
 """The model options each block uses."""
@@ -79,8 +96,10 @@ def build_block(args: argparse.Namespace) -> Block:
         raise ValueError(f"block must be one of {BLOCKS}, got {args.block!r}")
     attention = mlp = None
     if args.block in ("attention", "transformer"):
+        mask = _named("--mask", parse_mask, opt("mask"), args.tokens)
+        positions = _named("--positions", parse_positions, opt("positions"), args.tokens)
         attention = ShapedAttention(tau0=opt("tau0"), gamma=opt("gamma"), heads=heads,
-                                    causal=opt("causal"))
+                                    causal=opt("causal"), mask=mask, positions=positions)
     if args.block in ("mlp", "transformer"):
         mlp = ShapedMLP(gamma=opt("gamma"), c_plus=opt("c_plus"), c_minus=opt("c_minus"))
     if args.block == "transformer":
@@ -88,13 +107,93 @@ def build_block(args: argparse.Namespace) -> Block:
     return attention if attention is not None else mlp
 
 
+MASK_PATTERNS = "causal, padding:K, window:W, window:W:causal, block:SIZE or a .npy file"
+POSITION_PATTERNS = "decay:RHO[:SCALE], sinusoidal[:SCALE[:DIM]] or a .npy file"
+
+
+def _load_npy(text: str, option: str) -> object:
+    try:
+        return np.load(text, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{option}: cannot read {text} ({err})") from None
+
+
+def _pattern_args(text: str, option: str, patterns: str,
+                  kinds: dict[str, tuple[type, ...]]) -> tuple[str, list[object]]:
+    """('name', [parsed parameters]) of 'name:p1:p2' with the parameter types of ``kinds``."""
+    name, *raw = text.split(":")
+    if name not in kinds:
+        raise ValueError(f"{option}: unknown pattern {text!r}; use {patterns}")
+    types = kinds[name]
+    if len(raw) > len(types):
+        raise ValueError(f"{option}: too many parameters in {text!r}; use {patterns}")
+    values: list[object] = []
+    for kind, item in zip(types, raw, strict=False):
+        try:
+            values.append(kind(item))
+        except ValueError:
+            raise ValueError(f"{option}: {item!r} in {text!r} is not a valid "
+                             f"{kind.__name__}; use {patterns}") from None
+    return name, values
+
+
+def _named(option: str, parse: object, text: str | None, m: int) -> object:
+    """``parse(text, m)`` (None for None), its errors prefixed with the option's name."""
+    if text is None:
+        return None
+    try:
+        return parse(text, m)  # type: ignore[operator]
+    except (ValueError, TypeError) as err:
+        message = str(err)
+        if not message.startswith(option):
+            message = f"{option} {text}: {message}"
+        raise type(err)(message) from None
+
+
+def parse_mask(text: str, m: int) -> Mask:
+    """The mask named on the command line for m tokens (``MASK_PATTERNS``)."""
+    if text.endswith(".npy"):
+        return as_mask(_load_npy(text, "--mask"), "--mask", source=text)
+    kinds = {"causal": (), "padding": (int,), "window": (int, str), "block": (int,)}
+    name, values = _pattern_args(text, "--mask", MASK_PATTERNS, kinds)
+    if name != "causal" and not values:
+        raise ValueError(f"--mask: {name} needs a parameter ({name}:N); use {MASK_PATTERNS}")
+    if name == "causal":
+        return causal_mask(m)
+    if name == "padding":
+        return padding_mask(m, values[0])
+    if name == "block":
+        return block_mask(m, values[0])
+    if values[1:] not in ([], ["causal"]):
+        raise ValueError(f"--mask: the third field of {text!r} may only be 'causal'")
+    return sliding_window_mask(m, values[0], causal=values[1:] == ["causal"])
+
+
+def parse_positions(text: str, m: int) -> PositionGram:
+    """The positional Gram named on the command line for m tokens (``POSITION_PATTERNS``)."""
+    if text.endswith(".npy"):
+        return as_positions(_load_npy(text, "--positions"), "--positions", source=text)
+    kinds = {"decay": (float, float), "sinusoidal": (float, int)}
+    name, values = _pattern_args(text, "--positions", POSITION_PATTERNS, kinds)
+    if name == "decay":
+        if not values:
+            raise ValueError(f"--positions: decay needs RHO (decay:RHO); use "
+                             f"{POSITION_PATTERNS}")
+        return decay_gram(m, *values)
+    return sinusoidal_gram(m, *values)
+
+
 def block_description(block: Block) -> str:
     """The block's class and the parameters it actually uses, e.g. 'ShapedMLP(gamma=0.5,
-    c_plus=0, c_minus=-1)' (sub-blocks of a Transformer block nested)."""
+    c_plus=0, c_minus=-1)' (sub-blocks of a Transformer block nested; a mask and a positional
+    Gram by name and parameters, e.g. 'mask=padding(m=4, k=3)')."""
     def fmt(config: dict[str, object]) -> str:
         parts = []
         for k, v in config.items():
             if k == "kind" or v is None:
+                continue
+            if k in ("mask", "positions") and isinstance(v, dict):
+                parts.append(f"{k}={(as_mask if k == 'mask' else as_positions)(v).describe()}")
                 continue
             parts.append(fmt(v) if isinstance(v, dict) else
                          ", ".join(fmt(x) for x in v) if isinstance(v, list) else
@@ -172,7 +271,13 @@ def _common_options() -> argparse.ArgumentParser:
                        help="shaped ReLU slope shift c_- (MLP: s_- = 1 + c_- / sqrt(n)) "
                             f"(default: {d['c_minus']:g})")
     model.add_argument("--causal", action="store_true", default=None,
-                       help="causal attention mask")
+                       help="causal attention mask (the same as --mask causal)")
+    model.add_argument("--mask", metavar="PATTERN",
+                       help="attention mask for the --tokens tokens: " + MASK_PATTERNS
+                            + " (an m x m boolean array; every query needs an allowed key)")
+    model.add_argument("--positions", metavar="PATTERN",
+                       help="Gram Pi = P P^T / n of a positional embedding added to queries "
+                            "and keys: " + POSITION_PATTERNS + " (m x m, symmetric PSD)")
     model.add_argument("--normalize", choices=("none", "rms"),
                        default="none" if NORMALIZE is None else NORMALIZE,
                        help="'none': the block as given; 'rms': rescale every token to norm "
@@ -256,6 +361,14 @@ def coinciding_n_save(depth: int, n_save: int) -> int:
     return 1 + max(k for k in range(1, min(n_save - 1, depth) + 1) if depth % k == 0)
 
 
+def _check_tokens(block: Block, args: argparse.Namespace) -> None:
+    """A mask or positional Gram read from a file must be made for --tokens tokens."""
+    try:
+        block.check_tokens(args.tokens)
+    except ValueError as err:
+        raise ValueError(f"{err} (--tokens {args.tokens})") from None
+
+
 def _check_run_options(args: argparse.Namespace) -> None:
     check_real("T", args.T, low=0.0)
     if args.dt != "auto":
@@ -331,6 +444,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     block = build_block(args)
     V0 = default_covariance(args.tokens)
+    _check_tokens(block, args)
     _check_run_options(args)
     _check_result_size(args, V0.shape[0], args.n_save, copies=1)
     out = check_output_file(Trajectories.npz_path(args.out), "--out",
@@ -356,6 +470,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     block = build_block(args)
     V0 = default_covariance(args.tokens)
+    _check_tokens(block, args)
     _check_run_options(args)
     width = check_width(args.width, V0.shape[0])
     block.check_width(width)

@@ -72,7 +72,7 @@ def test_gallery_shows_every_figure_with_its_numbers():
     gallery = (DOCS / "gallery.md").read_text()
     nav = (REPO / "mkdocs.yml").read_text()
     for name in FIGURES:
-        assert f"(figures/{name}.png)" in gallery, name
+        assert f"(../figures/{name}.png)" in gallery, name
         assert f"figures/{name}.json" in gallery, name
         assert (REPO / "figures" / f"{name}.png").is_file()
         assert (REPO / "figures" / f"{name}.json").is_file()

@@ -14,7 +14,8 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 QUICK = ["--quick", "--no-progress"]
 # run order: the first three share their compiled SDE and networks
 ORDER = ["sde_vs_network_density", "convergence", "heads", "rank_collapse",
-         "sde_vs_network_bands", "transformer_block", "hyperparameters", "blow_up", "limits"]
+         "sde_vs_network_bands", "transformer_block", "hyperparameters", "blow_up", "limits",
+         "masks_and_positions"]
 
 
 @pytest.fixture(scope="module")

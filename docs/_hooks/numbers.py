@@ -13,7 +13,9 @@ there:
 
 A missing file or key fails the build (``mkdocs build --strict``), so a page cannot quote a
 number its scripts no longer write; ``tests/test_docs.py`` renders every page the same way.
-The hook also serves the PNGs of ``figures/`` (outside ``docs/``) as ``figures/NAME.png``.
+The hook also serves the PNGs of ``figures/`` (outside ``docs/``) as ``figures/NAME.png``:
+the pages link them as ``../figures/NAME.png``, which is right where the Markdown is read from
+the repository, and the hook rewrites those links for the site.
 """
 
 from __future__ import annotations
@@ -147,7 +149,12 @@ def render(markdown: str, root: Path = ROOT) -> str:
 
 # -- mkdocs events ---------------------------------------------------------------------------
 
+FIGURE_LINK = re.compile(r"\]\((?:\.\./)+figures/")
+
+
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
+    depth = page.file.src_uri.count("/")  # the site's figures/ is at the root of the docs
+    markdown = FIGURE_LINK.sub("](" + "../" * depth + "figures/", markdown)
     try:
         return render(markdown)
     except MissingNumber as err:

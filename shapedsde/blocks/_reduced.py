@@ -12,6 +12,11 @@ the law of V' given X depends on X only through V = L L^T. Rotating X to sqrt(n)
       n V' = (sqrt(n) lambda L + gamma L_M G_a)(...)^T + gamma^2 L_M (Z_b Z_b^T) L_M^T,
   with Z_b Z_b^T ~ Wishart_p(I, n - m) (Bartlett when n - m >= p, else sampled directly).
 
+With a positional embedding P in the attention's queries and keys (``blocks.positions``) the
+law of a layer depends on the joint Gram of [X; P], so the state is ``JointGram`` (V, the cross
+Gram C = X P^T / n and Pi): the frame then has q = 2m coordinates, L is (m, q), and the cross
+Gram follows from the head of X' alone (``residual_state``).
+
 The cost is O(m^3 + p^3) per sub-block, independent of the width n. When no shape depends on
 n (Bartlett factors, n_k >= m), the width may be a traced JAX scalar instead of a Python int, so
 one compilation serves every width (``simulate_network`` does this where the block allows it,
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import math
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -73,20 +79,85 @@ def gaussian_product(key: Array, m: int, n_k: Scalar, dtype) -> Array:
     return G @ wishart_factor(k_w, m, n_k, dtype).T
 
 
+def _head_tail(key: Array, L: Array, L_M: Array, gamma: Scalar,
+               width: Scalar) -> tuple[Array, Array]:
+    """(head, tail) of X' = lambda X + gamma * (branch with token factor L_M) Z_out / sqrt(n) in
+    the rotated frame: X = sqrt(n) L [I_q, 0] O with L of shape (m, q) (q = m, or 2m when the
+    frame also holds a positional embedding), head = sqrt(n) lambda L + gamma L_M G_a holds the
+    first q coordinates of sqrt(n) X', and tail tail^T = gamma^2 L_M W L_M^T the Gram of the
+    other n - q (W ~ Wishart(I, n - q))."""
+    if L_M.shape[1] > L_M.shape[0]:
+        L_M = root(L_M @ L_M.T)
+    q = L.shape[1]
+    p = L_M.shape[1]
+    k_a, k_b = jax.random.split(key)
+    lam = scalar_sqrt(1.0 - gamma**2)
+    G_a = jax.random.normal(k_a, (p, q), L.dtype)
+    head = scalar_sqrt(width) * lam * L + gamma * L_M @ G_a
+    tail = gamma * L_M @ wishart_factor(k_b, p, width - q, L.dtype)
+    return head, tail
+
+
 def residual_gram(key: Array, L: Array, L_M: Array, gamma: Scalar, width: Scalar) -> Array:
     """V' of X' = lambda X + gamma * (branch with token factor L_M) Z_out / sqrt(n), exactly in
     law, where X X^T / n = L L^T and Z_out is the fresh iid output projection. The law depends
     on L_M only through L_M L_M^T, so a wide L_M (p > m, e.g. several heads) is first replaced
     by an m x m square root of it. A traced ``width`` must be >= 2 m (Bartlett tail)."""
-    if L_M.shape[1] > L_M.shape[0]:
-        L_M = root(L_M @ L_M.T)
-    m, p = L_M.shape
-    k_a, k_b = jax.random.split(key)
-    lam = scalar_sqrt(1.0 - gamma**2)
-    G_a = jax.random.normal(k_a, (p, m), L.dtype)
-    head = scalar_sqrt(width) * lam * L + gamma * L_M @ G_a
-    tail = gamma * L_M @ wishart_factor(k_b, p, width - m, L.dtype)
+    head, tail = _head_tail(key, L, L_M, gamma, width)
     return (head @ head.T + tail @ tail.T) / width
+
+
+class JointGram(eqx.Module):
+    """Reduced state of a network with a fixed positional embedding P (``blocks.positions``):
+    V = X X^T / n, the cross Gram C = X P^T / n and Pi = P P^T / n. The law of the next layer
+    depends on X and P only through this joint Gram of [X; P], so it is the exact reduced state
+    (V alone is not: the logits see X + P, whose Gram is V + C + C^T + Pi)."""
+
+    V: Array
+    C: Array
+    Pi: Array
+
+    @classmethod
+    def start(cls, V: Array, Pi: Array) -> JointGram:
+        """The state with C = 0: P independent of the input (the simulators' convention)."""
+        return cls(V=V, C=jnp.zeros_like(V), Pi=jnp.asarray(Pi, V.dtype))
+
+    def matrix(self) -> Array:
+        """The (2m, 2m) Gram of [X; P]."""
+        return jnp.block([[self.V, self.C], [self.C.T, self.Pi]])
+
+
+State = Array | JointGram
+"""What a reduced layer maps: V, or the joint Gram where the network has positions."""
+
+
+def token_factors(Z: State) -> tuple[Array, Array | None]:
+    """(L, L_P): rows of one square root of the state's Gram. For V: (root(V), None), L of
+    shape (m, m). For a ``JointGram``: the first m and last m rows of a root of the (2m, 2m)
+    joint Gram, L L^T = V, L L_P^T = C, L_P L_P^T = Pi."""
+    if isinstance(Z, JointGram):
+        m = Z.V.shape[0]
+        L_J = root(Z.matrix())
+        return L_J[:m], L_J[m:]
+    return root(Z), None
+
+
+def residual_state(key: Array, Z: State, L: Array, L_P: Array | None, L_M: Array,
+                   gamma: Scalar, width: Scalar) -> State:
+    """The next state after a residual branch with token factor L_M (``residual_gram``), with
+    (L, L_P) from ``token_factors(Z)``. For a joint state also C' = X' P^T / n =
+    head L_P^T / sqrt(n): P keeps its coordinates, so only the head of X' meets it. A joint
+    state needs width >= 2 m, and a traced width >= 3 m."""
+    if L_P is None:
+        return residual_gram(key, L, L_M, gamma, width)
+    head, tail = _head_tail(key, L, L_M, gamma, width)
+    V = (head @ head.T + tail @ tail.T) / width
+    return JointGram(V=V, C=head @ L_P.T / scalar_sqrt(width), Pi=Z.Pi)
+
+
+def state_covariance(Z: State) -> Array:
+    """V of a reduced state."""
+    return Z.V if isinstance(Z, JointGram) else Z
 
 
 def root(V: Array) -> Array:

@@ -65,6 +65,24 @@ class Block(eqx.Module):
         return False
 
     @property
+    def noise_is_congruence(self) -> bool:
+        """Whether the noise is a function of the products N_i = L dW_i L^T alone
+        (``noise_from``); attention with positions also needs L_Pi dW L^T and overrides
+        ``noise``. Compositions use ``noise_from`` where every layer allows it."""
+        return True
+
+    @property
+    def position_embedding(self) -> Any:
+        """The ``PositionGram`` of the positional embedding P this block adds to its attention
+        queries and keys (shared by all its layers), or None. Where it is set, the exact reduced
+        state is the joint Gram of [X; P] (``blocks._reduced.JointGram``), not V alone."""
+        return None
+
+    def check_tokens(self, m: int) -> None:  # noqa: B027 - optional hook
+        """Raise ValueError if the block cannot act on m tokens (a mask or a positional Gram
+        made for another m)."""
+
+    @property
     def max_heads(self) -> int:
         """Largest number of attention heads in the block (1 without attention; memory
         estimates of the full network)."""
@@ -229,15 +247,19 @@ def _jsonable(v: Any) -> Any:
 
 def traced_parameters(block: Block, dtype: Any) -> Block:
     """The block with every float parameter (each non-static float leaf: gamma, tau0, c_plus,
-    c_minus, also inside a composition) as a JAX scalar of ``dtype``.
+    c_minus, the positional Gram, also inside a composition) as a JAX array of ``dtype``.
 
     ``eqx.filter_jit`` treats Python floats as static and compiles once per value; apply this
     just before a jitted call so that a sweep over block parameters reuses one compilation.
     Validation stays in the blocks' ``__init__``; ``config()`` still gives plain floats."""
     if not isinstance(block, Block):
         raise TypeError(f"block must be a shapedsde Block, got {type(block).__name__}")
-    return jax.tree_util.tree_map(
-        lambda x: jnp.asarray(x, dtype) if isinstance(x, float) else x, block)
+    def traced(x: Any) -> Any:
+        if isinstance(x, float) or (isinstance(x, np.ndarray) and x.dtype.kind == "f"):
+            return jnp.asarray(x, dtype)
+        return x
+
+    return jax.tree_util.tree_map(traced, block)
 
 
 def residual_output(X: Array, F: Array, W: Array, gamma: Scalar,

@@ -22,7 +22,7 @@ from jax import Array
 
 from ..linalg import lin
 from ..validation import check_real
-from ._reduced import Scalar, residual_gram, root, scalar_sqrt
+from ._reduced import Scalar, State, residual_state, scalar_sqrt, token_factors
 from .base import Block, residual_output
 
 
@@ -85,12 +85,12 @@ class ShapedMLP(Block):
         W2 = jax.random.normal(k2, (n, n), X.dtype)
         return residual_output(X, self.activation(Y, n), W2, self.gamma, branch_cv)
 
-    def reduced_layer(self, key: Array, V: Array, width: int) -> Array:
+    def reduced_layer(self, key: Array, V: State, width: int) -> State:
         # X W_1 / sqrt(n) = L Z_1 in law; residual_gram reduces F / sqrt(n) to an m x m root
         k1, k2 = jax.random.split(key)
-        L = root(V)
-        F = self.activation(L @ jax.random.normal(k1, (V.shape[0], width), V.dtype), width)
-        return residual_gram(k2, L, F / math.sqrt(width), self.gamma, width)
+        L, L_P = token_factors(V)  # (root(V), None), or rows of the joint root
+        F = self.activation(L @ jax.random.normal(k1, (L.shape[1], width), L.dtype), width)
+        return residual_state(k2, V, L, L_P, F / math.sqrt(width), self.gamma, width)
 
     def nngp_layer(self, V: Array) -> Array:
         """The identity: the slopes 1 + c_pm / sqrt(n) -> 1 make phi linear, so

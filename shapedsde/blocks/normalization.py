@@ -6,7 +6,8 @@ correlation matrices, so every side of the wrapped block gets its normalised for
 
 * finite layer: X' = rms_rows(block(X)); the block's control variate CV (mean zero) is pushed
   through Df(V), still of mean zero;
-* reduced layer, infinite-width maps: V' = f(block's V');
+* reduced layer, infinite-width maps: V' = f(block's V') (with a positional embedding the
+  reduced state is the joint Gram of [X; P], whose cross Gram C is rescaled by D^{-1/2});
 * SDE (Ito's formula at a correlation matrix rho, SPEC section 3):
 
       b_norm(rho)     = Df(rho)[b(rho)] + 1/2 sum_{ij,kl} d^2 f / dV_ij dV_kl  Sigma(rho)_{ijkl},
@@ -29,6 +30,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
+from ._reduced import JointGram, State
 from .base import Block, NoNNGPLimitError, NoSDELimitError
 
 MatrixMap = Callable[[Array], Array]
@@ -38,6 +40,15 @@ def rms(V: Array) -> Array:
     """f(V) = D^{-1/2} V D^{-1/2}: the covariance after RMS-normalising every token."""
     s = jax.lax.rsqrt(jnp.diagonal(V, axis1=-2, axis2=-1))
     return V * s[..., :, None] * s[..., None, :]
+
+
+def rms_reduced(Z: State) -> State:
+    """f on a reduced state: V -> f(V); for a joint Gram of [X; P] also C -> D^{-1/2} C (the
+    rows of X are rescaled, P is not)."""
+    if not isinstance(Z, JointGram):
+        return rms(Z)
+    s = jax.lax.rsqrt(jnp.diagonal(Z.V))
+    return JointGram(V=Z.V * s[:, None] * s[None, :], C=Z.C * s[:, None], Pi=Z.Pi)
 
 
 def rms_rows(X: Array) -> Array:
@@ -123,6 +134,17 @@ class Normalized(Block):
     def is_normalized(self) -> bool:
         return True
 
+    @property
+    def noise_is_congruence(self) -> bool:
+        return self.block.noise_is_congruence
+
+    @property
+    def position_embedding(self) -> Any:
+        return self.block.position_embedding
+
+    def check_tokens(self, m: int) -> None:
+        self.block.check_tokens(m)
+
     def unnormalized(self) -> Block:
         return self.block
 
@@ -143,8 +165,8 @@ class Normalized(Block):
         X1, cv = self.block.layer_with_control(key, X)
         return rms_rows(X1), jax.jvp(rms, (X @ X.T / X.shape[-1],), (cv,))[1]
 
-    def reduced_layer(self, key: Array, V: Array, width: Any) -> Array:
-        return rms(self.block.reduced_layer(key, V, width))
+    def reduced_layer(self, key: Array, V: State, width: Any) -> State:
+        return rms_reduced(self.block.reduced_layer(key, V, width))
 
     def nngp_layer(self, V: Array) -> Array:
         return rms(self.block.nngp_layer(V))

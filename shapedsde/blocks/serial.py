@@ -36,6 +36,12 @@ class Serial(Block):
             if not isinstance(layer, Block):
                 raise TypeError(f"layer {i} must be a shapedsde Block, got "
                                 f"{type(layer).__name__}")
+        embeddings = [layer.position_embedding for layer in layers
+                      if layer.position_embedding is not None]
+        if any(not e.same_as(embeddings[0]) for e in embeddings[1:]):
+            raise ValueError("positions: the attention layers of one composition must share "
+                             "one positional embedding (the same Gram Pi), since P is fixed "
+                             "across the network")
         self.layers = tuple(layers)
 
     # -- capabilities: every layer must have them --------------------------------------
@@ -58,6 +64,19 @@ class Serial(Block):
     @property
     def max_heads(self) -> int:
         return max(layer.max_heads for layer in self.layers)
+
+    @property
+    def noise_is_congruence(self) -> bool:
+        return all(layer.noise_is_congruence for layer in self.layers)
+
+    @property
+    def position_embedding(self) -> Any:
+        return next((layer.position_embedding for layer in self.layers
+                     if layer.position_embedding is not None), None)
+
+    def check_tokens(self, m: int) -> None:
+        for layer in self.layers:
+            layer.check_tokens(m)
 
     @property
     def is_normalized(self) -> bool:
@@ -120,6 +139,14 @@ class Serial(Block):
 
     def diffusion_cov(self, V: Array) -> Array:
         return sum(layer.diffusion_cov(V) for layer in self.layers)
+
+    def noise(self, V: Array, L: Array, dW: Array, LT: Array | None = None) -> Array:
+        """All products N_i = L dW_i L^T at once (``noise_from``) where every layer's noise is a
+        function of them; otherwise each layer's own ``noise`` on its slice of dW."""
+        if self.noise_is_congruence:
+            return super().noise(V, L, dW, LT)
+        return sum(layer.noise(V, L, dW[part], LT)
+                   for layer, part in zip(self.layers, self._noise_slices(), strict=True))
 
     def noise_from(self, V: Array, N: Array) -> Array:
         return sum(layer.noise_from(V, N[part])

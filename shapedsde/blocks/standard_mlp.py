@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from ..validation import check_real
-from ._reduced import Scalar, residual_gram, root
+from ._reduced import Scalar, State, residual_state, token_factors
 from .base import NoSDELimitError, WithoutSDE, residual_output
 
 
@@ -67,12 +67,12 @@ class StandardMLP(WithoutSDE):
         W2 = jax.random.normal(k2, (n, n), X.dtype)
         return residual_output(X, F, W2, self.gamma, branch_cv)
 
-    def reduced_layer(self, key: Array, V: Array, width: int) -> Array:
+    def reduced_layer(self, key: Array, V: State, width: int) -> State:
         # X W_1 / sqrt(n) = L Z_1 in law (Z_1 iid m x n): O(m^2 n), as for the shaped MLP
         k1, k2 = jax.random.split(key)
-        L = root(V)
-        F = self.activation(L @ jax.random.normal(k1, (V.shape[0], width), V.dtype))
-        return residual_gram(k2, L, F / math.sqrt(width), self.gamma, width)
+        L, L_P = token_factors(V)  # (root(V), None), or rows of the joint root
+        F = self.activation(L @ jax.random.normal(k1, (L.shape[1], width), L.dtype))
+        return residual_state(k2, V, L, L_P, F / math.sqrt(width), self.gamma, width)
 
     # -- infinite width at fixed depth ---------------------------------------------------
     def nngp_layer(self, V: Array) -> Array:

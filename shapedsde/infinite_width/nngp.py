@@ -49,6 +49,7 @@ def _start(V0: object, name: str, block: Block, dtype: str) -> Array:
     """The checked initial covariance as a JAX array of ``dtype``, mapped to its correlation
     matrix where the block is normalised (as ``simulate_network`` does)."""
     V = jnp.asarray(check_covariance(V0, name), resolve_dtype(dtype))
+    block.check_tokens(V.shape[0])
     return rms(V) if block.is_normalized else V
 
 

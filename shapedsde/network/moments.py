@@ -33,6 +33,7 @@ def one_layer_increments(block: Block, V: object, *, width: int, n_samples: int,
     """(dV, CV) of shape (n_samples, m, m) in float64, sample i from ``fold_in(key, i)``."""
     V = check_covariance(V, "V")
     width = check_width(width, V.shape[0])
+    block.check_tokens(V.shape[0])
     block.check_width(width)
     n_samples = check_int("n_samples", n_samples, low=2)
     if check_normalize(normalize) == "rms":

@@ -11,6 +11,10 @@ blow-up bound are traced values, the number of samples is padded to a chunk
 (``_batching.padded_chunk_size``), and so is the width for the reduced simulator where the
 block's reduced layer has width-independent shapes (``Block.reduced_width_traceable``): a sweep
 over any of these reuses one compiled ``_advance``. The full network's width is a shape.
+
+With a positional embedding (attention with ``positions``) the full network adds
+P = sqrt(n) [0, L_Pi, 0] to the queries and keys, orthogonal to X0, and the reduced simulator
+carries the joint Gram of [X; P] from cross Gram 0 (``blocks._reduced.JointGram``).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from .._precision import resolve_dtype
 from ..analysis.metrics import correlation
 from ..analysis.trajectories import Trajectories
 from ..blocks import Block, normalized, traced_parameters
-from ..blocks._reduced import Scalar
+from ..blocks._reduced import JointGram, Scalar, State, state_covariance
 from ..validation import (
     check_covariance,
     check_int,
@@ -60,14 +64,15 @@ METHODS = ("auto", "full", "reduced")
 
 
 class _NetworkState(eqx.Module):
-    """X (m, n) for the full network, V (m, m) for the reduced one; -1 while not blown up."""
+    """X (m, n) for the full network, V (m, m) for the reduced one (the joint Gram of [X; P],
+    ``JointGram``, where the block has a positional embedding); -1 while not blown up."""
 
-    Z: Array
+    Z: State
     t_explode: Array
 
 
-def _covariance(Z: Array, method: str) -> Array:
-    return gram(Z) if method == "full" else Z
+def _covariance(Z: State, method: str) -> Array:
+    return gram(Z) if method == "full" else state_covariance(Z)
 
 
 @eqx.filter_jit
@@ -91,8 +96,9 @@ def _advance(block: Block, keys: Array, states: _NetworkState, first_layer: Arra
             V1 = _covariance(Z1, method)
             bad = ~(jnp.max(jnp.abs(V1)) <= bound)  # also when V1 is not finite
             alive = s.t_explode < 0
-            t = (index / width).astype(s.Z.dtype)
-            return _NetworkState(Z=jnp.where(alive & ~bad, Z1, s.Z),
+            t = (index / width).astype(s.t_explode.dtype)
+            keep = alive & ~bad
+            return _NetworkState(Z=jax.tree.map(lambda a, b: jnp.where(keep, a, b), Z1, s.Z),
                                  t_explode=jnp.where(alive & bad, t, s.t_explode))
 
         s = jax.lax.fori_loop(0, n_layers, body, s)
@@ -156,6 +162,7 @@ def simulate_network(block: Block, V0: object, *, width: int, depth: int, n_samp
     V0 = check_covariance(V0, dtype=dtype)
     m = V0.shape[0]
     width = check_width(width, m)
+    block.check_tokens(m)
     block.check_width(width)
     depth = check_int("depth", depth, low=1)
     n_samples = check_int("n_samples", n_samples, low=1)
@@ -191,6 +198,9 @@ def simulate_network(block: Block, V0: object, *, width: int, depth: int, n_samp
     X0 = initial_features(V0, width)  # NumPy float64, cast once below
     V_init = X0 @ X0.T / width
     Z0 = jnp.asarray(X0 if method == "full" else V_init, jdtype)
+    embedding = block.position_embedding
+    if method == "reduced" and embedding is not None:  # P independent of X0: C = 0
+        Z0 = JointGram.start(Z0, jnp.asarray(embedding.matrix(), jdtype))
     V_init = np.asarray(jnp.asarray(V_init, jdtype))  # saved at t = 0, in the run's dtype
     bound = jnp.asarray(blowup_bound * float(np.max(np.diag(V0))), jdtype)
     block = traced_parameters(block, jdtype)
@@ -204,8 +214,9 @@ def simulate_network(block: Block, V0: object, *, width: int, depth: int, n_samp
               "[{elapsed}<{remaining}]") as bar:
         for start, size in chunks(n_samples, chunk_size):
             keys = path_keys(key, first_sample + start, chunk_size)
-            states = _NetworkState(Z=jnp.broadcast_to(Z0, (chunk_size, *Z0.shape)),
-                                   t_explode=-jnp.ones(chunk_size, jdtype))
+            states = _NetworkState(
+                Z=jax.tree.map(lambda z: jnp.broadcast_to(z, (chunk_size, *z.shape)), Z0),
+                t_explode=-jnp.ones(chunk_size, jdtype))
             V_all[start:start + size, 0] = V_init
             for i, (lo, hi) in enumerate(zip(layers[:-1], layers[1:], strict=True), 1):
                 states, V = _advance(block, keys, states, jnp.asarray(lo), jnp.asarray(hi - lo),
