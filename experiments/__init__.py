@@ -1,4 +1,5 @@
-"""Paper figures: one script per figure, each ``main(argv) -> dict`` with ``--quick``.
+"""The package's own experiments (not reproductions of a paper's settings): one script per
+figure, each ``main(argv) -> dict`` with ``--quick``.
 
 Run one with ``python -m experiments.NAME [--quick] [--outdir DIR]`` from the repository root,
 or all of them with ``shapedsde figures`` (``make figures``). Every script writes NAME.png,
@@ -18,4 +19,4 @@ FIGURES = (
     "limits",
     "masks_and_positions",
 )
-"""The figure scripts in paper order (``experiments/<name>.py``)."""
+"""The figure scripts in gallery order (``experiments/<name>.py``)."""

@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import json
 import math
+import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -101,15 +102,22 @@ def parse_args(name: str, doc: str | None, argv: Sequence[str] | None) -> Option
         description=(doc or "").strip().splitlines()[0] if doc else None,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--quick", action="store_true",
-                        help="tiny sizes (seconds; used by the tests), not paper quality")
+                        help="tiny sizes (seconds; used by the tests), not full quality")
     parser.add_argument("--outdir", type=Path, default=DEFAULT_OUTDIR,
                         help="folder for NAME.png, NAME.pdf, NAME.npz and NAME.json")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="hide the progress bars (drawn on stderr only when it is a "
+                             "terminal)")
     args = parser.parse_args(list(argv) if argv is not None else None)
     cache_from_environment()  # opt-in: SHAPEDSDE_CACHE_DIR (shapedsde.compile_cache)
     return Options(name=name, quick=args.quick, outdir=args.outdir, seed=args.seed,
-                   progress=not args.no_progress)
+                   progress=not args.no_progress and sys.stderr.isatty())
+
+
+def progress_label(name: str, desc: str) -> str:
+    """The outer bar's label: the figure's name and what the bar counts, the name once."""
+    return name if desc in ("", name) else f"{name}: {desc}"
 
 
 @contextlib.contextmanager
@@ -129,7 +137,7 @@ def quick_compilation(opts: Options) -> Iterator[None]:
 def progress(items: Iterable[Any], opts: Options, desc: str) -> Iterator[Any]:
     """``items`` with an outer progress bar (the simulators draw their own inner bars)."""
     items = list(items)
-    yield from tqdm(items, desc=f"{opts.name}: {desc}", disable=not opts.progress,
+    yield from tqdm(items, desc=progress_label(opts.name, desc), disable=not opts.progress,
                     leave=False, unit="run")
 
 

@@ -66,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     heads: list[int | float] = [*cfg["heads"], math.inf]
     data: dict[str, np.ndarray] = {"heads": np.array(heads, float)}
     results: dict[str, Any] = {"sde": {}, "network": {}, "sde_step": {}}
-    for k, H in enumerate(C.progress(heads, opts, "heads")):
+    for k, H in enumerate(C.progress(heads, opts, "numbers of heads")):
         name = "inf" if H == math.inf else str(H)
         block = C.block_from_config(dict(cfg["block"], heads=name if H == math.inf else H))
         sde = sd.solve_sde(block, V0, T, key=opts.key(2 * k), n_paths=cfg["n_samples"],

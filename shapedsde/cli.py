@@ -3,7 +3,9 @@
 
 Invalid values (from the command line or from the library's checks) end with one line
 ``shapedsde: error: <message>`` on stderr and exit status 2; set SHAPEDSDE_DEBUG=1 to get the
-traceback instead.
+traceback instead. The library's warnings are printed as one line ``shapedsde: warning: ...``.
+Defaults are the Python API's (``shapedsde.defaults``); progress bars are drawn on stderr when
+it is a terminal (``--no-progress`` hides them).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from .blocks import (
     sliding_window_mask,
 )
 from .compile_cache import cache_from_environment
-from .defaults import default_covariance
+from .defaults import N_PATHS, N_SAVE, NORMALIZE, TOL, default_covariance
 from .validation import (
     check_figure_path,
     check_int,
@@ -59,8 +61,9 @@ PROG = "shapedsde"
 BLOCKS = ("attention", "mlp", "transformer")
 MODEL_DEFAULTS = {"gamma": 0.5, "tau0": 1.0, "heads": "1", "c_plus": 0.0, "c_minus": -1.0,
                   "causal": False, "mask": None, "positions": None}
-"""Defaults of the model options (parsed as None, so that an option given for a block it
-does not apply to can be told apart from its default)."""
+"""Defaults of the model options, those of ``ShapedAttention()`` and ``ShapedMLP()`` (parsed as
+None, so that an option given for a block it does not apply to can be told apart from its
+default)."""
 APPLIES = {"attention": ("gamma", "tau0", "heads", "causal", "mask", "positions"),
            "mlp": ("gamma", "c_plus", "c_minus"),
            "transformer": tuple(MODEL_DEFAULTS)}
@@ -235,6 +238,14 @@ def _real(text: str) -> float:
             raise argparse.ArgumentTypeError(f"not a real number: {text!r}") from None
 
 
+PROGRESS_HELP = "hide the progress bars (drawn on stderr only when it is a terminal)"
+
+
+def show_progress(args: argparse.Namespace) -> bool:
+    """Progress bars where a person is watching: stderr is a terminal and no --no-progress."""
+    return not args.no_progress and sys.stderr.isatty()
+
+
 def _common_options() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     model = p.add_argument_group("model", "options that do not apply to the chosen block are "
@@ -244,20 +255,21 @@ def _common_options() -> argparse.ArgumentParser:
                             "(the Transformer block); gamma applies to each sub-block")
     model.add_argument("--tokens", type=int, default=4,
                        help="number of tokens m; V0 = default_covariance(m), V0_ab = 0.8^|a-b|")
+    d = MODEL_DEFAULTS
     model.add_argument("--gamma", type=_real,
                        help="branch weight, 0 < gamma <= 1 (X' = lambda X + gamma branch) "
-                            "(default: 0.5)")
+                            f"(default: {d['gamma']:g})")
     model.add_argument("--tau0", type=_real,
                        help="attention temperature, tau = tau0 sqrt(width), tau0 > 0 "
-                            "(default: 1)")
+                            f"(default: {d['tau0']:g})")
     model.add_argument("--heads", type=_heads,
-                       help="attention heads, or 'inf' (SDE only) (default: 1)")
+                       help=f"attention heads, or 'inf' (SDE only) (default: {d['heads']})")
     model.add_argument("--c-plus", type=_real,
                        help="shaped ReLU slope shift c_+ (MLP: s_+ = 1 + c_+ / sqrt(n)) "
-                            "(default: 0)")
+                            f"(default: {d['c_plus']:g})")
     model.add_argument("--c-minus", type=_real,
                        help="shaped ReLU slope shift c_- (MLP: s_- = 1 + c_- / sqrt(n)) "
-                            "(default: -1)")
+                            f"(default: {d['c_minus']:g})")
     model.add_argument("--causal", action="store_true", default=None,
                        help="causal attention mask (the same as --mask causal)")
     model.add_argument("--mask", metavar="PATTERN",
@@ -266,28 +278,34 @@ def _common_options() -> argparse.ArgumentParser:
     model.add_argument("--positions", metavar="PATTERN",
                        help="Gram Pi = P P^T / n of a positional embedding added to queries "
                             "and keys: " + POSITION_PATTERNS + " (m x m, symmetric PSD)")
-    model.add_argument("--normalize", choices=("none", "rms"), default="rms",
-                       help="'rms': rescale tokens after every block (V is a correlation)")
+    model.add_argument("--normalize", choices=("none", "rms"),
+                       default="none" if NORMALIZE is None else NORMALIZE,
+                       help="'none': the block as given; 'rms': rescale every token to norm "
+                            "sqrt(width) after every sub-block (V is a correlation matrix, no "
+                            "path explodes)")
     run = p.add_argument_group("simulation")
     run.add_argument("--T", type=_real, default=1.0, help="final time t = depth / width")
-    run.add_argument("--paths", type=int, default=2000,
+    run.add_argument("--paths", type=int, default=N_PATHS,
                      help="number of SDE paths (and of network samples)")
     run.add_argument("--seed", type=int, default=0, help="random seed")
     run.add_argument("--dt", type=_step, default="auto",
                      help="'auto': the solver chooses the SDE step with error control "
-                          "(solve_sde(dt=None)); else the largest step, fractions such as "
-                          "1/256 are accepted")
-    run.add_argument("--tol", type=_real, default=0.005,
+                          "(solve_sde(dt=None)); else the step, such as 1/256, refined with a "
+                          "warning where the saved times T k / (n-save - 1) are not on its grid")
+    run.add_argument("--tol", type=_real, default=TOL,
                      help="with --dt auto: largest estimated step error of the mean and "
-                          "5/50/95%% quantiles of every correlation (default 0.005)")
+                          "5/50/95%% quantiles of every correlation")
     run.add_argument("--solver", default="auto",
-                     help="SDE solver: auto, congruence (keeps V PSD by construction; the "
-                          "default where the block allows it) or euler (Euler-Maruyama)")
-    run.add_argument("--n-save", type=int, default=17,
+                     help="SDE solver: 'congruence' (Euler in congruence form: V stays PSD by "
+                          "construction), 'euler' (Euler-Maruyama with a PSD repair), or "
+                          "'auto': congruence where the block has that form (shaped attention "
+                          "without a mask, the shaped MLP, their Transformer block) and its "
+                          "attention is hot (gamma^2 / tau0^2 >= 1), else euler")
+    run.add_argument("--n-save", type=int, default=N_SAVE,
                      help="number of evenly spaced saved times, including 0 and T")
     run.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                      help="floating-point precision")
-    run.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    run.add_argument("--no-progress", action="store_true", help=PROGRESS_HELP)
     return p
 
 
@@ -323,18 +341,18 @@ def make_parser() -> argparse.ArgumentParser:
                       help="also save sde.npz and network.npz in DIR (created if missing; its "
                            "parent folder must exist)")
     figs = sub.add_parser("figures", formatter_class=fmt,
-                          help="make the paper figures (the scripts in experiments/)",
+                          help="make the package's figures (the experiments in experiments/)",
                           description="Run the figure scripts of the repository's experiments/ "
                                       "folder in turn; each writes NAME.png, NAME.pdf, NAME.npz "
                                       "and NAME.json.")
     figs.add_argument("--quick", action="store_true",
-                      help="tiny sizes (seconds per figure, for tests), not paper quality")
+                      help="tiny sizes (seconds per figure, for tests), not full quality")
     figs.add_argument("--only", action="append", metavar="NAME",
                       help="make only this figure (repeatable; default: all)")
     figs.add_argument("--outdir", type=Path, default=None, metavar="DIR",
                       help="output folder (default: figures/ in the repository)")
     figs.add_argument("--seed", type=int, default=0, help="random seed")
-    figs.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    figs.add_argument("--no-progress", action="store_true", help=PROGRESS_HELP)
     return parser
 
 
@@ -403,10 +421,6 @@ def _step_report(sde: Trajectories, args: argparse.Namespace) -> str:
                  f"SE: {max(error.get('excess', 0.0), 0.0):.2g})")
         if error.get("crossing") is not None:
             text += f", on the blow-up fraction {error['crossing']:.2g}"
-    if args.dt != "auto" and not math.isclose(step, args.dt, rel_tol=1e-9):
-        text += (f"\nnote: the step differs from the requested dt = {args.dt:g}: the "
-                 f"{sde.n_times} save times must lie on the step grid (step <= the requested "
-                 "dt and the save interval)")
     return text
 
 
@@ -420,7 +434,7 @@ def _sde_kwargs(args: argparse.Namespace) -> dict[str, object]:
     return dict(dt=None if args.dt == "auto" else args.dt, tol=args.tol, solver=args.solver,
                 n_paths=args.paths,
                 normalize=None if args.normalize == "none" else "rms", dtype=args.dtype,
-                progress=not args.no_progress)
+                progress=show_progress(args))
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -541,7 +555,7 @@ def load_experiments() -> ModuleType:
 
 
 def figure_names() -> tuple[str, ...]:
-    """Names of the figure scripts, in paper order (``experiments.FIGURES``)."""
+    """Names of the figure scripts, in gallery order (``experiments.FIGURES``)."""
     return tuple(load_experiments().FIGURES)
 
 
@@ -561,7 +575,7 @@ def cmd_figures(args: argparse.Namespace) -> int:
         modules = [load_figure(name) for name in names]
     argv = ["--seed", str(args.seed)]
     argv += ["--quick"] if args.quick else []
-    argv += ["--no-progress"] if args.no_progress else []
+    argv += [] if show_progress(args) else ["--no-progress"]
     argv += ["--outdir", str(args.outdir)] if args.outdir is not None else []
     times = []
     for i, module in enumerate(modules, 1):
@@ -574,6 +588,12 @@ def cmd_figures(args: argparse.Namespace) -> int:
     for name, seconds in times:
         print(f"{name:<26} {seconds:7.1f}")
     return 0
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: object = None, line: str | None = None) -> None:
+    """A library warning as one line ``shapedsde: warning: ...`` on stderr."""
+    print(f"{PROG}: warning: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
 
 
 COMMANDS = {"simulate": cmd_simulate, "compare": cmd_compare, "figures": cmd_figures}
@@ -591,7 +611,9 @@ def main(argv: list[str] | None = None) -> int:
     for warning in caught:
         print(f"{PROG}: warning: {warning.message}", file=sys.stderr)
     try:
-        return COMMANDS[args.command](args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return COMMANDS[args.command](args)
     except (ValueError, TypeError) as err:
         if os.environ.get("SHAPEDSDE_DEBUG"):
             raise

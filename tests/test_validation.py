@@ -125,7 +125,8 @@ def test_result_larger_than_memory_rejected(monkeypatch):
     monkeypatch.setattr(validation, "available_memory", lambda: 24 * 10**9)
     # 10^8 paths x 11 times x 3 x 3 float32 = 39.6 GB > 80% of 24 GB: refused before any work
     with pytest.raises(ValueError, match=r"39.6 GB.*fewer paths \(n_paths\).*first_path"):
-        sd.solve_sde(sd.ShapedAttention(), V0, 1.0, key=KEY, n_paths=10**8, progress=False)
+        sd.solve_sde(sd.ShapedAttention(), V0, 1.0, key=KEY, n_paths=10**8, n_save=11,
+                     progress=False)
     with pytest.raises(ValueError, match=r"fewer paths \(n_samples\).*first_sample"):
         sd.simulate_network(sd.ShapedAttention(), V0, width=8, depth=10, n_samples=10**8,
                             key=KEY, progress=False)

@@ -9,6 +9,7 @@ p-value, and the 1-Wasserstein distance int |F_a(x) - F_b(x)| dx.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -266,9 +267,12 @@ def compare(
     """Compare the laws of rho_ab(V_t) (a < b) and V_aa(V_t) between two sets of paths.
 
     Args:
-        a, b: the two samples of paths; they must have the same number of tokens.
+        a: the first sample of paths (e.g. the SDE's).
+        b: the second sample of paths (e.g. the networks'), with as many tokens as ``a``.
         quantiles: quantile levels reported for each sample.
-        times: times to compare (each must be saved in both); default all common saved times.
+        times: times to compare (each must be saved in both); default all common saved times,
+            with a ``UserWarning`` that names the saved times of either sample that the other
+            did not save (they are left out).
         include_exploded: keep exploded (frozen) paths; by default they are dropped and counted.
         labels: names of a and b; default their config["kind"].
         degenerate_rtol: a quantity whose values in both samples agree up to
@@ -294,6 +298,8 @@ def compare(
     labels = _default_labels(a, b) if labels is None else labels
     if labels[0] == labels[1]:
         raise ValueError(f"labels must differ, got {labels}")
+    if times is None:
+        _warn_unshared(a, b, pairs, labels)
     dropped = {
         label: 0 if include_exploded else int(s.exploded.sum())
         for label, s in zip(labels, (a, b), strict=True)
@@ -324,6 +330,26 @@ def compare(
         step_errors={label: by_time for label, s in zip(labels, (a, b), strict=True)
                      if (by_time := _step_error_by_time(s))},
     )
+
+
+def _warn_unshared(a: Trajectories, b: Trajectories, pairs: list[tuple[int, int]],
+                   labels: tuple[str, str]) -> None:
+    """Warn, naming them, about saved times of a or b that the other did not save."""
+    def listed(t: NDArray[np.float64], kept: set[int]) -> str:
+        left = [f"{x:.6g}" for i, x in enumerate(t) if i not in kept]
+        return ", ".join(left[:8]) + (f", ... ({len(left)} in all)" if len(left) > 8 else "")
+
+    only = [(label, s.t, {p[k] for p in pairs}) for k, (label, s) in
+            enumerate(zip(labels, (a, b), strict=True))]
+    parts = [f"{label!r} at t = {listed(t, kept)}" for label, t, kept in only
+             if len(kept) < len(t)]
+    if parts:
+        shared = ", ".join(f"{a.t[i]:.6g}" for i, _ in pairs[:8]) + (", ..." if len(pairs) > 8
+                                                                    else "")
+        warnings.warn(f"compare: saved times not shared by both samples are left out: "
+                      f"{'; '.join(parts)}. Compared at the {len(pairs)} shared times t = "
+                      f"{shared} (save both at the same times, e.g. n_save - 1 dividing the "
+                      "network's depth, or pass times=)", UserWarning, stacklevel=3)
 
 
 def _step_error_by_time(s: Trajectories) -> dict[float, float]:

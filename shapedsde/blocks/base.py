@@ -195,8 +195,21 @@ class Block(eqx.Module):
         if not self.has_sde:
             raise self.no_sde_error()
 
+    @classmethod
+    def from_config(cls, config: Any) -> "Block":
+        """The block that ``config`` (from :meth:`config`, e.g. a result's
+        ``config["block"]``) describes: ``shapedsde.block_from_config``, checked to be a
+        ``cls`` (``Block.from_config`` takes any block)."""
+        from .rebuild import block_from_config
+
+        block = block_from_config(config)
+        if not isinstance(block, cls):
+            raise ValueError(f"config describes a {type(block).__name__}, not a {cls.__name__}")
+        return block
+
     def config(self) -> dict[str, Any]:
-        """JSON-serialisable description, stored with results."""
+        """JSON-serialisable description, stored with results (``from_config`` rebuilds the
+        block from it)."""
         fields = {k: v for k, v in vars(self).items() if not k.startswith("_")}
         out: dict[str, Any] = {"kind": type(self).__name__}
         for k, v in fields.items():

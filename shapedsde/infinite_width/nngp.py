@@ -114,7 +114,7 @@ def _random_recursion(block: Block, keys: Array, V0: Array, depth: int,
 def simulate_infinite_width(block: Block, V0: object, *, depth: int, n_samples: int, key: Array,
                             n_save: int | None = None, normalize: str | None = None,
                             dtype: str = "float32", chunk_size: int = 1024,
-                            progress: bool = True) -> Trajectories:
+                            progress: bool = False) -> Trajectories:
     """Sample the n = infinity recursion of ``depth`` blocks with the block's own number of
     heads: V_{l+1} = ``block.infinite_width_layer``(V_l), random where attention has finitely
     many heads (standard attention: V' = lambda^2 V + gamma^2 (1/H) sum_h A_h V A_h^T with
@@ -132,7 +132,8 @@ def simulate_infinite_width(block: Block, V0: object, *, depth: int, n_samples: 
         normalize: None, or "rms" (correlation matrix after every sub-block).
         dtype: "float32" or "float64".
         chunk_size: samples per compiled call.
-        progress: show a progress bar.
+        progress: draw a progress bar on stderr over the ``n_samples`` samples. Off by
+            default in library calls.
 
     Returns:
         ``Trajectories`` whose ``t`` holds the saved **layer index** l, not the SDE time
@@ -153,7 +154,7 @@ def simulate_infinite_width(block: Block, V0: object, *, depth: int, n_samples: 
     traced = traced_parameters(block, V0.dtype)  # one compilation for every gamma
     (V,) = run_chunked(lambda keys: _random_recursion(traced, keys, V0, depth, saved),
                        key, n_samples, chunk_size, progress=progress,
-                       desc="infinite-width layers")
+                       desc="infinite-width samples")
     return Trajectories(
         t=layers.astype(float), V=V, exploded=np.zeros(n_samples, bool),
         explosion_time=np.full(n_samples, np.inf),

@@ -120,10 +120,10 @@ def default_chunk_size(width: int, heads: int = 1) -> int:
 
 
 def simulate_network(block: Block, V0: object, *, width: int, depth: int, n_samples: int,
-                     key: Array, n_save: int = 11, normalize: str | None = None,
+                     key: Array, n_save: int = 17, normalize: str | None = None,
                      method: str = "auto", blowup_bound: float = 1e3, dtype: str = "float32",
                      chunk_size: int | None = None, first_sample: int = 0,
-                     progress: bool = True) -> Trajectories:
+                     progress: bool = False) -> Trajectories:
     """Simulate the finite network of ``depth`` blocks at ``width`` from covariance ``V0``.
 
     Args:
@@ -134,9 +134,11 @@ def simulate_network(block: Block, V0: object, *, width: int, depth: int, n_samp
         depth: number of blocks; the final time is depth / width.
         n_samples: independent networks (fresh weights each); sample i uses
             ``fold_in(key, i)``, so results do not depend on ``n_samples`` or ``chunk_size``.
-        n_save: number of evenly spaced saved layers, including 0 and ``depth``.
-        normalize: None, or "rms" to rescale every token to norm sqrt(n) after each sub-block
-            (shorthand for the block ``normalized(block)``).
+        n_save: number of evenly spaced saved layers, including 0 and ``depth`` (rounded to
+            whole layers: they are the SDE's save times k T / (n_save - 1) when n_save - 1
+            divides ``depth``).
+        normalize: None (default: the block as given), or "rms" to rescale every token to
+            norm sqrt(n) after each sub-block (shorthand for the block ``normalized(block)``).
         method: "full" multiplies real n x n weight matrices (O(m n^2) per layer, the ground
             truth); "reduced" samples the same law on m x m matrices (``shapedsde.blocks._reduced``,
             cost independent of n); "auto" picks "reduced" when the block has it.
@@ -148,7 +150,8 @@ def simulate_network(block: Block, V0: object, *, width: int, depth: int, n_samp
         first_sample: index of the first sample: the call returns samples first_sample, ...,
             first_sample + n_samples - 1, exactly as part of a larger call would (to split a
             run over processes or hosts).
-        progress: show a progress bar.
+        progress: draw a progress bar on stderr over the ``n_samples`` networks. Off by
+            default in library calls.
 
     Returns:
         ``Trajectories`` with t = saved layer / width.
@@ -205,9 +208,10 @@ def simulate_network(block: Block, V0: object, *, width: int, depth: int, n_samp
     width_arg = jnp.asarray(width, jdtype) if trace_width else width
     V_all = np.empty((n_samples, len(layers), m, m), V_init.dtype)
     t_exp = np.empty(n_samples, V_init.dtype)
-    steps = -(-n_samples // chunk_size)
-    with tqdm(total=steps * int(depth), desc="network layers", unit="layer", leave=False,
-              disable=not progress) as bar:
+    # counts networks; a chunk advances by its share of the layers done
+    with tqdm(total=n_samples, desc=f"networks (depth {depth})", unit="network", leave=False,
+              disable=not progress, bar_format="{l_bar}{bar}| {n:.0f}/{total} networks "
+              "[{elapsed}<{remaining}]") as bar:
         for start, size in chunks(n_samples, chunk_size):
             keys = path_keys(key, first_sample + start, chunk_size)
             states = _NetworkState(
@@ -218,7 +222,7 @@ def simulate_network(block: Block, V0: object, *, width: int, depth: int, n_samp
                 states, V = _advance(block, keys, states, jnp.asarray(lo), jnp.asarray(hi - lo),
                                      width_arg, method, bound)
                 V_all[start:start + size, i] = np.asarray(V)[:size]
-                bar.update(int(hi - lo))
+                bar.update(size * int(hi - lo) / depth)
             t_exp[start:start + size] = np.asarray(states.t_explode)[:size]
     exploded = t_exp >= 0
     return Trajectories(t=layers / width, V=V_all, exploded=exploded,

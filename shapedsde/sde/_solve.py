@@ -39,11 +39,13 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 from jax import Array
+from tqdm.auto import tqdm
 
 from .._batching import key_record, padded_chunk_size
 from .._precision import resolve_dtype
 from ..analysis.trajectories import Trajectories
 from ..blocks import Block, normalized, traced_parameters
+from ..defaults import TOL
 from ..validation import (
     check_covariance,
     check_int,
@@ -61,9 +63,9 @@ from ._step_error import StepError, estimate
 
 SCHEMES = ("project", "ito")
 SOLVER_NAMES = ("auto", *SOLVERS)
-DEFAULT_TOL = 0.005
+DEFAULT_TOL = TOL
 """Default bound on the estimated step error of the mean and quantiles of rho (SPEC section 9:
-the Monte Carlo error of a typical run, 10^4 paths)."""
+the Monte Carlo error of a typical run, 10^4 paths; ``shapedsde.defaults.TOL``)."""
 START_DT = 2.0**-8
 """First step tried by the step control (and the largest it takes)."""
 MIN_DT = 2.0**-15
@@ -88,6 +90,11 @@ def pilot_paths(n_paths: int) -> int:
     return min(n_paths, 2048, max(256, 1 << (n_paths // 4).bit_length() - 1))
 
 
+def _head(solution: Solution, n: int) -> Solution:
+    """The first n paths of a solve."""
+    return Solution(*(a[:n] for a in solution))
+
+
 def _joined(first: Solution, second: Solution) -> Solution:
     """Two solves of consecutive paths as one."""
     return Solution(*(np.concatenate(pair) for pair in zip(first, second, strict=True)))
@@ -110,10 +117,10 @@ def _steps_per_save(interval: float, dt: float) -> int:
 
 
 def solve_sde(block: Block, V0: object, T: float, *, key: Array, dt: float | None = None,
-              tol: float = DEFAULT_TOL, n_paths: int = 1000, n_save: int = 11,
+              tol: float = 0.005, n_paths: int = 1000, n_save: int = 17,
               normalize: str | None = None, solver: str = "auto", scheme: str = "project",
               blowup_bound: float = 1e3, dtype: str = "float32", chunk_size: int = 1024,
-              first_path: int = 0, progress: bool = True) -> Trajectories:
+              first_path: int = 0, progress: bool = False) -> Trajectories:
     """Integrate the covariance SDE of ``block`` from ``V0`` to time ``T`` for ``n_paths`` paths.
 
     Args:
@@ -127,11 +134,14 @@ def solve_sde(block: Block, V0: object, T: float, *, key: Array, dt: float | Non
             5/50/95% quantiles of every rho_ab at the saved times (and, without normalisation,
             of the blow-up fraction) is at most ``tol`` (module docstring). A number: the
             largest step, refined so that the saved times lie on the grid (dt = 1/width is one
-            step per layer); the error is then estimated and recorded, not controlled.
+            step per layer; a refined step is recorded in ``config["dt"]`` beside
+            ``config["dt_requested"]`` and announced by a ``UserWarning``); the error is then
+            estimated and recorded, not controlled.
         tol: bound on the estimated step error for ``dt=None``, > 0.
-        n_save: number of evenly spaced saved times, including 0 and T.
-        normalize: None or "rms" (the normalised SDE on correlation matrices; shorthand for
-            the block ``normalized(block)``).
+        n_save: number of evenly spaced saved times, including 0 and T (default 17: the
+            times k T / 16; ``shapedsde.defaults``).
+        normalize: None (default: the block as given) or "rms" (the normalised SDE on
+            correlation matrices; shorthand for the block ``normalized(block)``).
         solver: "congruence" (``CongruenceEuler``), "euler" (Euler-Maruyama), or "auto":
             congruence where the block declares its factors (``has_noise_factor``: shaped
             attention without a mask, the shaped MLP and their Transformer block), scheme is
@@ -149,7 +159,8 @@ def solve_sde(block: Block, V0: object, T: float, *, key: Array, dt: float | Non
         first_path: index of the first path: the call returns paths first_path, ...,
             first_path + n_paths - 1, exactly as part of a larger call would (to split a run
             over processes or hosts).
-        progress: show a progress bar.
+        progress: draw a progress bar on stderr over the ``n_paths`` paths (restarted when
+            the step control halves the step). Off by default in library calls.
 
     Returns:
         ``Trajectories`` with ``t`` (n_save,), ``V`` (n_paths, n_save, m, m) and blow-up flags;
@@ -200,6 +211,11 @@ def solve_sde(block: Block, V0: object, T: float, *, key: Array, dt: float | Non
         raise ValueError(f"T / dt = {per_save * (n_save - 1)} steps exceeds {max_steps}; "
                          "increase dt" + (" or use dtype='float64'" if dtype == "float32"
                                           else ""))
+    if dt is not None and not math.isclose(interval / per_save, dt, rel_tol=1e-9):
+        warnings.warn(f"solve_sde: dt = {dt:.6g} refined to {interval / per_save:.6g} "
+                      f"({per_save} steps per saved interval T / (n_save - 1) = {interval:.6g}) "
+                      f"so that the {n_save} saved times lie on the step grid; "
+                      "config['dt'] records the step taken", UserWarning, stacklevel=2)
     save_ts = np.linspace(0.0, T, n_save)
     scale = 1.0 if is_normalized else float(np.max(np.diag(V0)))
     stepped = traced_parameters(stepped, jdtype)
@@ -207,8 +223,15 @@ def solve_sde(block: Block, V0: object, T: float, *, key: Array, dt: float | Non
     step_solver = make_solver(solver, stepped, V0_j, normalized=is_normalized,
                               bound=jnp.asarray(blowup_bound * scale, jdtype))
     # one compiled shape for every solve of the run
-    run = dict(key=key, chunk_size=padded_chunk_size(pilot_paths(n_paths), chunk_size))
+    chunk = padded_chunk_size(pilot_paths(n_paths), chunk_size)
     grid = (step_solver, stepped, V0_j, jnp.asarray(save_ts, jdtype))
+    bar = tqdm(total=n_paths, desc="SDE paths", unit="path", leave=False, disable=not progress)
+    run = dict(key=key, chunk_size=chunk)
+
+    def whole(count: int) -> int:
+        """Paths to ask the driver for: ``count`` rounded up to whole chunks (one compiled
+        shape for every solve; the padding is solved anyway and dropped by ``_head``)."""
+        return -(-count // chunk) * chunk
 
     def step_error(base: Solution, other: Solution, per_save: int) -> StepError:
         return estimate(base.V, base.t_explode >= 0, other.V, other.t_explode >= 0,
@@ -221,15 +244,21 @@ def solve_sde(block: Block, V0: object, T: float, *, key: Array, dt: float | Non
         n = pilot_paths(n_paths)
         other_steps = per_save // 2 if per_save % 2 == 0 else 2 * per_save
         coupled = dict(brownian_dt=interval / per_save, **run)
-        base = solve(*grid, per_save, n_paths=n, first_path=first_path, **run)
-        other = solve(*grid, other_steps, n_paths=n, first_path=first_path, **coupled)
+        bar.reset()
+        bar.set_description(f"SDE paths (dt = {interval / per_save:.3g})")
+        base = _head(solve(*grid, per_save, n_paths=whole(n), first_path=first_path, **run), n)
+        bar.update(n)
+        other = _head(solve(*grid, other_steps, n_paths=whole(n), first_path=first_path,
+                            **coupled), n)
         err = step_error(base, other, per_save)
         while dt is None and n < n_paths and err.crossing_undecided(tol):
             more = min(2 * n, n_paths)  # more coupled paths: paths n, ..., more - 1
-            base = _joined(base, solve(*grid, per_save, n_paths=more - n,
-                                       first_path=first_path + n, progress=progress, **run))
-            other = _joined(other, solve(*grid, other_steps, n_paths=more - n,
-                                         first_path=first_path + n, **coupled))
+            start = first_path + n
+            base = _joined(base, _head(solve(*grid, per_save, n_paths=whole(more - n),
+                                             first_path=start, **run), more - n))
+            bar.update(more - n)
+            other = _joined(other, _head(solve(*grid, other_steps, n_paths=whole(more - n),
+                                               first_path=start, **coupled), more - n))
             n = more
             err = step_error(base, other, per_save)
         if dt is not None or not err.above(tol, every_path=n == n_paths):
@@ -241,9 +270,14 @@ def solve_sde(block: Block, V0: object, T: float, *, key: Array, dt: float | Non
                           stacklevel=2)
             break
         per_save *= 2
-    if n < n_paths:
-        base = _joined(base, solve(*grid, per_save, n_paths=n_paths - n,
-                                   first_path=first_path + n, progress=progress, **run))
+    parts = [base]
+    for start in range(n, n_paths, chunk):  # the rest, a chunk per call (for the progress bar)
+        size = min(chunk, n_paths - start)
+        parts.append(_head(solve(*grid, per_save, n_paths=chunk, first_path=first_path + start,
+                                 **run), size))
+        bar.update(size)
+    bar.close()
+    base = Solution(*(np.concatenate(arrays) for arrays in zip(*parts, strict=True)))
     exploded = base.t_explode >= 0
     return Trajectories(
         t=save_ts, V=base.V, exploded=exploded,
