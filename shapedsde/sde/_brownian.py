@@ -127,21 +127,33 @@ def _uint(x: Array) -> Array:
     return jnp.round(x).astype(jnp.uint32)
 
 
-class MatrixBrownianPath(diffrax.AbstractBrownianPath):
+class _IncrementPath(diffrax.AbstractBrownianPath):
+    """What the three readers of a batch's W share: its normals, increments only (no Levy
+    area, no W(t0) alone), time from 0."""
+
+    normals: eqx.AbstractVar[_Normals]
+    levy_area: ClassVar[type] = diffrax.BrownianIncrement
+
+    @property
+    def t0(self) -> float:
+        return 0.0
+
+    def _interval(self, t0: Array, t1: Array | None, use_levy: bool) -> tuple[Array, Array]:
+        if t1 is None or use_levy:
+            raise ValueError(f"{type(self).__name__} gives increments W(t1) - W(t0) only")
+        return t0, t1
+
+
+class MatrixBrownianPath(_IncrementPath):
     """W of a batch of paths (module docstring): ``evaluate(t0, t1)`` is the increment
     (B, n, m, m) over [t0, t1], a run of whole base steps (of ``dt``) or a dyadic part of one."""
 
     normals: _Normals
     dt: Array  # the base step
-    levy_area: ClassVar[type] = diffrax.BrownianIncrement
 
     def __init__(self, words: Array, dt: Array, n: int, m: int, dtype: str):
         self.normals = _Normals(words, n, m, dtype)
         self.dt = jnp.asarray(dt, dtype)
-
-    @property
-    def t0(self) -> float:
-        return 0.0
 
     @property
     def t1(self) -> float:
@@ -151,9 +163,7 @@ class MatrixBrownianPath(diffrax.AbstractBrownianPath):
                  use_levy: bool = False) -> Array:
         """W(t1) - W(t0) (W(t0) itself is not offered: only increments drive the SDE)."""
         del left
-        if t1 is None or use_levy:
-            raise ValueError("MatrixBrownianPath gives increments W(t1) - W(t0) only")
-        t0, t1 = (jnp.asarray(t, self.dt.dtype) for t in (t0, t1))
+        t0, t1 = (jnp.asarray(t, self.dt.dtype) for t in self._interval(t0, t1, use_levy))
         h = t1 - t0
         u0, width = t0 / self.dt, h / self.dt  # in base steps
         k = _uint(u0)
@@ -208,17 +218,12 @@ class MatrixBrownianPath(diffrax.AbstractBrownianPath):
         return StepPath(self.normals, h, step, r, fine)
 
 
-class BaseStepPath(diffrax.AbstractBrownianPath):
+class BaseStepPath(_IncrementPath):
     """``MatrixBrownianPath`` read one base step at a time (``base_steps``): ``evaluate(t0, t1)``
     for [t0, t1] a step of the base grid only."""
 
     normals: _Normals
     dt: Array
-    levy_area: ClassVar[type] = diffrax.BrownianIncrement
-
-    @property
-    def t0(self) -> float:
-        return 0.0
 
     @property
     def t1(self) -> float:
@@ -227,12 +232,11 @@ class BaseStepPath(diffrax.AbstractBrownianPath):
     def evaluate(self, t0: Array, t1: Array | None = None, left: bool = True,
                  use_levy: bool = False) -> Array:
         del left
-        if t1 is None or use_levy:
-            raise ValueError("BaseStepPath gives increments W(t1) - W(t0) only")
+        t0, t1 = self._interval(t0, t1, use_levy)
         return jnp.sqrt(t1 - t0) * self.normals.draw(_uint(t0 / self.dt))
 
 
-class StepPath(diffrax.AbstractBrownianPath):
+class StepPath(_IncrementPath):
     """One step's Brownian path in local time (``MatrixBrownianPath.within``): the increments
     of its dyadic parts, nodes of the base steps' trees (or sums of whole base steps)."""
 
@@ -241,11 +245,6 @@ class StepPath(diffrax.AbstractBrownianPath):
     step: Array  # its index on its own grid (of r base steps, or of half steps)
     r: Array  # base steps per step (a power of two), 1 for a half step
     fine: Array  # whether the step is half a base step
-    levy_area: ClassVar[type] = diffrax.BrownianIncrement
-
-    @property
-    def t0(self) -> float:
-        return 0.0
 
     @property
     def t1(self) -> Array:
@@ -258,10 +257,8 @@ class StepPath(diffrax.AbstractBrownianPath):
         deeper, under base step step // 2; a step of r = 2^a base steps: a levels
         shallower), or for level <= a the sum of the r / 2^level base steps it covers."""
         del left
-        if t1 is None or use_levy:
-            raise ValueError("StepPath gives increments W(t1) - W(t0) only")
         h = self.h
-        t0, t1 = (jnp.asarray(t, h.dtype) for t in (t0, t1))
+        t0, t1 = (jnp.asarray(t, h.dtype) for t in self._interval(t0, t1, use_levy))
         level = _uint(jnp.log2(h / (t1 - t0)))
         index = _uint(t0 / (t1 - t0))
         step, r, fine = self.step, self.r, self.fine
