@@ -81,7 +81,7 @@ def test_nngp_working_set_at_128_tokens_is_below_one_gigabyte():
             assert _qmc.streamed_working_bytes(128, key_dim, itemsize) < GB / 4
     assert _qmc.chunk_points(128, 4) == 128 and _qmc.chunk_points(4, 4) == 4096
     biggest_cached = max(m for m in range(2, 129) if not _qmc.is_streamed(m, None))
-    assert biggest_cached == 22 and _qmc.CACHE_BYTES <= GB / 4
+    assert biggest_cached == 11 and _qmc.CACHE_BYTES <= GB / 16
 
 
 def test_a_rule_beyond_the_sobol_dimensions_is_a_clear_error():

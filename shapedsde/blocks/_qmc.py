@@ -13,7 +13,7 @@ The rule is N = 2^16 points P_i from one scrambled Sobol sequence (seed 0) pushe
 inverse normal and chi CDFs, so it is deterministic and E[f(P)] is approximated by the plain
 average of f(P_i). Two ways to hold it, chosen by its size (``is_streamed``):
 
-* up to ``CACHE_BYTES`` (m <= 22 for key_dim=None) ``logit_points`` returns all N points at
+* up to ``CACHE_BYTES`` (m <= 11 for key_dim=None) ``logit_points`` returns all N points at
   once (float64, cached per (m, key_dim)); ``nngp_layer`` averages them in chunks;
 * beyond that (2^16 m^2 floats are 4 GB at m = 128) ``StreamedRule`` regenerates the points a
   chunk at a time inside the compiled layer: Sobol point i is shift XOR D(gray(i)), D(g) the
@@ -41,8 +41,11 @@ N_POINTS = 2**16
 """Number of quasi-Monte Carlo points of the rule (a power of two, as Sobol needs)."""
 SEED = 0
 """Seed of the Owen scrambling of the Sobol sequence: the rule is one fixed set of points."""
-CACHE_BYTES = 2**28
-"""Largest rule (float64 bytes of all N points) held in memory at once; larger rules stream."""
+CACHE_BYTES = 2**26
+"""Largest rule (float64 bytes of all N points) held in memory at once; larger rules stream.
+Holding costs several copies while the points are made and handed to XLA: peak resident memory
+of one ``nngp_kernel`` call measured 0.78 GB at m = 11 (the largest cached), 1.35 GB at m = 16
+and 2.3 GB at m = 22 had they been cached, 0.36 GB streamed at m = 12."""
 CHUNK_BYTES = 2**23
 """Bytes of one chunk of streamed points in the layer's dtype (8 MiB). Measured at m = 64 on 2
 cores: 6.7 s per layer with 8 MiB or 2 MiB chunks, 16.7 s with 32 MiB ones (a chunk's arrays
