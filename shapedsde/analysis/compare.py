@@ -26,6 +26,9 @@ __all__ = ["Comparison", "ComparisonRow", "compare", "common_times"]
 
 TIME_ATOL = 1e-6
 """Two saved times are the same time if they differ by at most this much."""
+MAX_TABLE_PAIRS = 45
+"""Beyond this many token pairs (m > 10) the printed table summarises the pairs by token
+distance (``Comparison.by_distance``): 8128 rows per time at m = 128 are not read."""
 
 Kind = Literal["rho", "V"]
 
@@ -122,6 +125,31 @@ class Comparison:
             return self
         return dataclasses.replace(self, rows=self.select(times=[self.times[-1]]))
 
+    def by_distance(self) -> list[dict[str, Any]]:
+        """The rows summarised by token distance, for many tokens: per time, one group per
+        dyadic band of |a - b| (1, 2, 3-4, 5-8, ...: ``metrics.distance_band``) over the rho
+        rows and one group of the diagonal entries V[a,a], each with the number of quantities
+        ``n``, the mean over them of each quantile of a and of b (``q_a``, ``q_b``), the
+        largest KS and W1 and the smallest p-value (over every quantity of the group)."""
+        groups: dict[tuple[float, int], list[tuple[int, ComparisonRow]]] = {}
+        for r in self.rows:
+            d = _pair_distance(r.quantity)
+            band = metrics.distance_band(d)[0] if d else 1 << 30  # V[a,a] after the bands
+            groups.setdefault((r.t, band), []).append((d, r))
+        out = []
+        for (t, _), members in sorted(groups.items()):
+            rows = [r for _, r in members]
+            low, high = min(d for d, _ in members), max(d for d, _ in members)
+            name = ("V[a,a]" if not low else f"rho |a-b|={low}" if low == high
+                    else f"rho |a-b|={low}-{high}")
+            out.append({"t": t, "quantity": name, "n": len(rows),
+                        "q_a": np.mean([r.q_a for r in rows], axis=0).tolist(),
+                        "q_b": np.mean([r.q_b for r in rows], axis=0).tolist(),
+                        "ks": max(r.ks for r in rows), "pvalue": min(r.pvalue for r in rows),
+                        "w1": max(r.w1 for r in rows),
+                        "degenerate": all(r.degenerate for r in rows)})
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (plain lists, floats, ints, bools and strings)."""
         return {
@@ -134,6 +162,7 @@ class Comparison:
             "rows": [
                 {**dataclasses.asdict(r), "q_a": list(r.q_a), "q_b": list(r.q_b)} for r in self.rows
             ],
+            "by_distance": self.by_distance(),
         }
 
     def __repr__(self) -> str:
@@ -145,24 +174,32 @@ class Comparison:
     def __str__(self) -> str:
         q_names = [f"{label} q{q:g}" for label in self.labels for q in self.quantiles]
         q_width = max(10, *(len(name) + 2 for name in q_names))
-        name_width = max(10, *(len(r.quantity) for r in self.rows)) if self.rows else 10
-        header = f"{'t':>8}  {'quantity':<{name_width}}" + "".join(
-            f"{name:>{q_width}}" for name in q_names
-        )
+        n_pairs = sum(r.kind == "rho" for r in self.rows) // max(len(self.times), 1)
+        summarised = n_pairs > MAX_TABLE_PAIRS
+        # many tokens: one line per band of token distance (its mean quantiles, worst KS, p, W1)
+        table = (self.by_distance() if summarised else
+                 [{**dataclasses.asdict(r), "kind": r.kind} for r in self.rows])
+        name_width = max(10, *(len(r["quantity"]) for r in table)) if table else 10
+        header = f"{'t':>8}  {'quantity':<{name_width}}"
+        if summarised:
+            header += f"  {'pairs':>5}"
+        header += "".join(f"{name:>{q_width}}" for name in q_names)
         header += f"  {'KS':>6}  {'p':>9}  {'W1':>9}"
         if self.step_errors:
             header += f"  {'step err':>9}"
         lines = [header, "-" * len(header)]
-        for r in self.rows:
-            qs = "".join(f"{x:{q_width}.4g}" for x in (*r.q_a, *r.q_b))
-            note = "  (constant)" if r.degenerate else ""
+        for r in table:
+            qs = "".join(f"{x:{q_width}.4g}" for x in (*r["q_a"], *r["q_b"]))
+            note = "  (constant)" if r["degenerate"] else ""
             err = ""
             if self.step_errors:
-                value = self.step_error(r.t) if r.kind == "rho" else None
+                rho = r["quantity"].startswith("rho")
+                value = self.step_error(r["t"]) if rho else None
                 err = f"  {value:9.2g}" if value is not None else f"  {'-':>9}"
+            count = f"  {r['n']:5d}" if summarised else ""
             lines.append(
-                f"{r.t:8.4g}  {r.quantity:<{name_width}}{qs}"
-                f"  {r.ks:6.3f}  {r.pvalue:9.3g}  {r.w1:9.3g}{err}{note}"
+                f"{r['t']:8.4g}  {r['quantity']:<{name_width}}{count}{qs}"
+                f"  {r['ks']:6.3f}  {r['pvalue']:9.3g}  {r['w1']:9.3g}{err}{note}"
             )
         n_degenerate = sum(r.degenerate for r in self.rows)
         dropped = ", ".join(f"{k} {v}" for k, v in self.dropped.items())
@@ -171,10 +208,22 @@ class Comparison:
             f"exploded paths dropped: {dropped}; "
             f"min p = {self.min_pvalue():.3g}, max KS = {self.max_ks():.3f}"
         )
+        if summarised:
+            lines.append(f"{n_pairs} token pairs, summarised by token distance |a-b|: mean "
+                         "quantiles over the pairs of a band, largest KS and W1, smallest p "
+                         "(Comparison.rows holds every pair)")
         if self.step_errors:
             lines.append("step err: the SDE sample's estimated discretisation error of the mean "
                          "and 5/50/95% quantiles of rho at t (max over the pairs)")
         return "\n".join(lines)
+
+
+def _pair_distance(quantity: str) -> int:
+    """|b - a| of a row's "rho[a,b]", 0 for a diagonal entry "V[a,a]"."""
+    if not quantity.startswith("rho"):
+        return 0
+    a, b = (int(i) for i in quantity[4:-1].split(","))
+    return abs(b - a)
 
 
 def common_times(

@@ -11,6 +11,8 @@ from numpy.typing import ArrayLike, NDArray
 
 __all__ = [
     "correlation",
+    "distance_band",
+    "distance_profile",
     "effective_rank",
     "offdiag_mean",
     "offdiag_pairs",
@@ -99,6 +101,24 @@ def offdiag_pairs(m: int) -> list[tuple[int, int]]:
     if m < 0:
         raise ValueError(f"m must be non-negative, got {m}")
     return [(a, b) for a in range(m) for b in range(a + 1, m)]
+
+
+def distance_band(d: int) -> tuple[int, int]:
+    """The dyadic band (low, high) of token distances that holds d >= 1: (1, 1), (2, 2),
+    (3, 4), (5, 8), ...: how tables and plots summarise many tokens (8 bands at m = 128)."""
+    if d < 1:
+        raise ValueError(f"a token distance is >= 1, got {d}")
+    high = 1 << (d - 1).bit_length()
+    return (high // 2 + 1 if high > 1 else 1), high
+
+
+def distance_profile(rho: ArrayLike) -> NDArray[np.float64]:
+    """Mean of rho[a, a + d] over a, for d = 1, ..., m - 1: shape (..., m - 1). Under a
+    causal mask (or any structure by position) correlations depend on the token distance."""
+    rho = _as_square_batch(rho, name="rho")
+    m = rho.shape[-1]
+    return np.stack([np.diagonal(rho, d, axis1=-2, axis2=-1).mean(-1) for d in range(1, m)],
+                    axis=-1) if m > 1 else np.zeros((*rho.shape[:-2], 0))
 
 
 def offdiag_mean(rho: ArrayLike) -> NDArray[np.float64]:
