@@ -103,3 +103,99 @@ def test_nngp_layer_at_128_tokens_measured_within_one_gigabyte():
                          check=True)
     assert int(out.stdout.split()[-1]) * 1024 < GB  # ru_maxrss is in KiB on Linux
     assert resource  # the parent's own memory is not what is measured
+
+
+# --- every simulator at m = 64 ----------------------------------------------------------------
+
+M = 64
+V64 = sd.default_covariance(M, 0.5)
+SHAPED = sd.ShapedAttention(tau0=1.0, gamma=0.5)
+
+
+def check_correlations(traj, n_samples, n_times):
+    """Shapes, finite values and unit diagonals of an "rms" run."""
+    assert traj.V.shape == (n_samples, n_times, M, M) and traj.n_tokens == M
+    assert np.isfinite(traj.V).all() and not traj.exploded.any()
+    np.testing.assert_allclose(np.diagonal(traj.V, axis1=-2, axis2=-1), 1.0, atol=1e-4)
+    np.testing.assert_allclose(traj.V, np.swapaxes(traj.V, -1, -2), atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["reduced", "full"])
+def test_networks_at_64_tokens(method):
+    net = sd.simulate_network(SHAPED, V64, width=128, depth=8, n_samples=4, n_save=3,
+                              key=jax.random.key(0), normalize="rms", method=method)
+    check_correlations(net, 4, 3)
+    assert net.config["method"] == method
+
+
+def test_sde_at_64_tokens_records_its_step_error():
+    sde = sd.solve_sde(SHAPED, V64, 0.125, key=jax.random.key(1), n_paths=4, dt=1 / 32,
+                       n_save=3, normalize="rms")
+    check_correlations(sde, 4, 3)
+    assert np.isfinite(sde.config["step_error"]["rho"])
+
+
+def test_infinite_width_simulator_and_kernel_at_64_tokens():
+    inf = sd.simulate_infinite_width(sd.StandardAttention(gamma=0.8), V64, depth=2,
+                                     n_samples=4, key=jax.random.key(2), normalize="rms")
+    check_correlations(inf, 4, 3)
+    # rank collapse at one head: every layer raises the mean correlation
+    rho = sd.correlation(inf.V).mean(axis=(-2, -1))
+    assert np.all(np.diff(rho, axis=1) > 0)
+    # the shaped block and the MLP have closed-form maps: no rule, fast at any m
+    np.testing.assert_allclose(sd.nngp_kernel(SHAPED, V64, 3)[-1], V64, atol=1e-6)
+    assert np.isfinite(sd.nngp_kernel(sd.StandardMLP(), V64, 3)).all()
+
+
+def test_compare_and_plot_summarise_64_tokens(tmp_path):
+    # 2016 pairs: the table has one line per band of token distance, the plot one panel
+    sde = sd.solve_sde(SHAPED, V64, 0.125, key=jax.random.key(3), n_paths=8, dt=1 / 32,
+                       n_save=2, normalize="rms")
+    net = sd.simulate_network(SHAPED, V64, width=64, depth=8, n_samples=8, n_save=2,
+                              key=jax.random.key(4), normalize="rms")
+    result = sd.compare(sde, net, times=[0.125])
+    assert len(result.rows) == M * (M - 1) // 2 + M  # every pair is still compared
+    bands = result.by_distance()
+    assert [b["quantity"] for b in bands] == [
+        "rho |a-b|=1", "rho |a-b|=2", "rho |a-b|=3-4", "rho |a-b|=5-8", "rho |a-b|=9-16",
+        "rho |a-b|=17-32", "rho |a-b|=33-63", "V[a,a]"]
+    assert sum(b["n"] for b in bands) == len(result.rows)
+    assert bands[0]["q_a"][1] > bands[5]["q_a"][1]  # V0 = 0.5^|a-b|: near pairs correlate
+    text = str(result)
+    assert len(text.splitlines()) < 16 and "summarised by token distance" in text
+    png = sd.plot_correlation_bands({"SDE": sde, "network": net}, tmp_path / "bands.png")
+    assert png.stat().st_size > 20_000
+
+
+def test_cli_compare_at_64_tokens(tmp_path, capsys):
+    from shapedsde.cli import main
+
+    out = tmp_path / "c.png"
+    assert main(["compare", "--tokens", "64", "--paths", "8", "--T", "0.125", "--width", "64",
+                 "--dt", "1/32", "--n-save", "2", "--normalize", "rms", "--no-progress",
+                 "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "rho |a-b|=33-63" in text and "rho[0,1]" not in text
+    assert len(text.splitlines()) < 30 and out.exists()
+
+
+def test_openblas_is_limited_to_one_thread_by_import():
+    out = subprocess.run([sys.executable, "-c", "import os, shapedsde; "
+                          "print(os.environ['OPENBLAS_NUM_THREADS'])"],
+                         capture_output=True, text=True, check=True,
+                         env={k: v for k, v in __import__("os").environ.items()
+                              if k != "OPENBLAS_NUM_THREADS"})
+    assert out.stdout.split()[-1] == "1"
+
+
+@pytest.mark.slow  # about 30 s: 1000 networks of each kind at m = 64
+def test_reduced_and_full_networks_agree_in_law_at_64_tokens():
+    from scipy import stats
+
+    kw = dict(width=64, depth=8, n_samples=1000, n_save=2, normalize="rms")
+    laws = [sd.correlation(sd.simulate_network(SHAPED, V64, key=jax.random.key(k),
+                                               method=method, **kw).V[:, -1])
+            for k, method in ((5, "reduced"), (6, "full"))]
+    for d in (1, 8, 40):  # a near, a middle and a far pair
+        a, b = (rho[:, 10, 10 + d] for rho in laws)
+        assert stats.ks_2samp(a, b).pvalue > 1e-3, d
