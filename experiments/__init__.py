@@ -7,6 +7,8 @@ NAME.pdf, NAME.npz (the plotted data, with the configuration as JSON inside) and
 (configuration and key numbers) to ``figures/`` or ``--outdir``.
 """
 
+import shapedsde  # noqa: F401  (first, before numpy: it limits OpenBLAS to one thread)
+
 FIGURES = (
     "rank_collapse",
     "sde_vs_network_density",
@@ -18,5 +20,6 @@ FIGURES = (
     "heads",
     "limits",
     "masks_and_positions",
+    "many_tokens",
 )
 """The figure scripts in gallery order (``experiments/<name>.py``)."""

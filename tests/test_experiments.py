@@ -15,7 +15,7 @@ QUICK = ["--quick", "--no-progress"]
 # run order: the first three share their compiled SDE and networks
 ORDER = ["sde_vs_network_density", "convergence", "heads", "rank_collapse",
          "sde_vs_network_bands", "transformer_block", "hyperparameters", "blow_up", "limits",
-         "masks_and_positions"]
+         "masks_and_positions", "many_tokens"]
 
 
 @pytest.fixture(scope="module")
@@ -124,3 +124,18 @@ def test_cli_figures_missing_folder(tmp_path, capsys, monkeypatch):
     assert main(["figures", "--quick"]) == 2
     err = capsys.readouterr().err
     assert "figure scripts were not found" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_many_tokens_records_every_m_and_the_sde_step(quick_run):
+    outdir, results = quick_run("many_tokens")
+    data = load(outdir, "many_tokens")
+    ms = data["tokens"]
+    for name in ("sde_rank_mean", "net_rank_mean", "nngp_rank_mean"):
+        assert data[name].shape == ms.shape and np.all(data[name] <= ms + 1e-6)
+    # standard attention at a fixed depth from orthogonal tokens: the common component starts
+    # at 1/m, so fewer tokens are further collapsed (quick run: 0.271, 0.156, 0.085)
+    assert np.all(np.diff(data["nngp_corr_mean"]) < 0)
+    assert len(data["causal_sde_mean"]) == data["distance"].size == ms[-1] - 1
+    assert set(results["sde_steps"]) == {str(m) for m in ms}
+    assert all(math.isfinite(s["step_error"]["rho"]) for s in results["sde_steps"].values())
