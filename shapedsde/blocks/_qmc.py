@@ -99,7 +99,7 @@ def streamed_working_bytes(m: int, key_dim: int | None, itemsize: int) -> int:
     (B, d) uint32 table and the uniforms of a chunk as d floats (twice), the chunk's logits,
     attention matrices and their products (8 (B, m, m) arrays, more than are alive at once),
     and the constants (direction numbers, the Bartlett diagonal). 0.09 GB at m = 128 (float32,
-    key_dim=None); the whole process, JAX runtime included, peaked at 0.54 GB there."""
+    key_dim=None); the whole process, JAX runtime included, peaked at 0.44 GB there."""
     B, d = chunk_points(m, itemsize), rule_dims(m, key_dim)
     table = B * d * 4
     uniforms = 2 * B * d * itemsize

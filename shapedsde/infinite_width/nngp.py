@@ -71,7 +71,7 @@ def nngp_layer(block: Block, V: object, normalize: str | None = None, *,
     quasi-Monte Carlo rule (2^16 scrambled Sobol points; max entry error of E[A V A^T] about
     4e-5 at m = 3 and 1.3e-4 at m = 8 against 10^7-sample Monte Carlo; 20-40 ms per layer on
     2 CPU cores at m <= 8, 30 s at m = 128, where the points, 4 GB in all, are generated a
-    chunk at a time: 0.54 GB peak memory of the whole process). Standard MLP: the arc-cosine
+    chunk at a time: 0.44 GB peak memory of the whole process). Standard MLP: the arc-cosine
     kernel in
     closed form. Shaped blocks: the identity. With ``normalize="rms"`` V is first mapped to its
     correlation matrix and V' is the correlation after each sub-block.
