@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 
 import shapedsde as sd  # noqa: E402
 from experiments import _common as C  # noqa: E402
+from shapedsde.analysis.metrics import distance_profile  # noqa: E402
 
 NAME = "masks_and_positions"
 CONFIGS = ("full", "window", "positions", "window + positions")
@@ -58,10 +59,7 @@ def spec(kind: str, params: dict[str, Any], name: str, cfg: dict[str, Any]) -> d
 def by_distance(V: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean correlation of the pairs at each distance d = 1, ..., m - 1 (mean over pairs, then
     over samples) and its standard error over samples; V of shape (samples, m, m)."""
-    rho = sd.correlation(V)
-    m = rho.shape[-1]
-    per_sample = np.stack([np.mean([rho[:, a, a + d] for a in range(m - d)], axis=0)
-                           for d in range(1, m)], axis=1)  # (samples, m - 1)
+    per_sample = distance_profile(sd.correlation(V))  # (samples, m - 1)
     se = per_sample.std(0, ddof=1) / np.sqrt(len(per_sample)) if len(per_sample) > 1 else 0.0
     return per_sample.mean(0), se
 
