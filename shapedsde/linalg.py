@@ -110,20 +110,13 @@ def semidefinite_cholesky(V: Array) -> tuple[Array, Array, Array]:
 
     For m <= 8 the elimination is unrolled over columns in plain ``jnp``: batch-vectorised, it
     runs 2-5 times faster on CPU than a LAPACK call per matrix (m = 4, 8); from m = 10 on, LAPACK
-    is faster (measured 1.5x at m = 10, 3x at m = 16) and is used, with ``ok`` also False where
-    L's rows are not consistent with diag V (a nearly singular V: the caller's ``eigh`` fallback
-    then takes over).
+    is faster (measured 1.5x at m = 10, 3x at m = 16) and is used (``_lapack_semidefinite``).
     """
     m = V.shape[-1]
     eps = jnp.finfo(V.dtype).eps
     diag = jnp.diagonal(V, axis1=-2, axis2=-1)
     if m > _UNROLLED_CHOLESKY_MAX:
-        L = jnp.linalg.cholesky(V, symmetrize_input=False)
-        d = jnp.diagonal(L, axis1=-2, axis2=-1)
-        rows = jnp.sum(L * L, axis=-1)
-        consistent = jnp.abs(rows - diag) <= 2 * m * eps * diag
-        ok = jnp.all((d > 0) & (d < jnp.inf) & consistent, axis=-1)
-        return L, ok, jnp.zeros_like(ok)
+        return _lapack_semidefinite(V, diag, m * eps)
     A, cols = V, []
     ok = jnp.all(jnp.isfinite(diag), axis=-1)
     deficient = jnp.zeros_like(ok)
@@ -140,3 +133,34 @@ def semidefinite_cholesky(V: Array) -> tuple[Array, Array, Array]:
         cols.append(jnp.concatenate([jnp.zeros(c.shape[:-1] + (j,), c.dtype), c], -1))
         A = A[..., 1:, 1:] - c[..., 1:, None] * c[..., None, 1:]
     return jnp.stack(cols, -1), ok, deficient
+
+
+def _lapack_factor(V: Array, diag: Array, shift: Array | float,
+                   rounding: Array) -> tuple[Array, Array]:
+    """LAPACK's factor of V + shift diag(V) and whether its rows agree with that diagonal to
+    ``rounding`` (a nearly singular V fails: a tiny pivot, or none)."""
+    if not isinstance(shift, float) or shift:
+        V = V + shift * (diag[..., :, None] * jnp.eye(V.shape[-1], dtype=V.dtype))
+    L = jnp.linalg.cholesky(V, symmetrize_input=False)
+    d = jnp.diagonal(L, axis1=-2, axis2=-1)
+    rows = jnp.sum(L * L, axis=-1)
+    consistent = jnp.abs(rows - (1.0 + shift) * diag) <= 2 * rounding * diag
+    return L, jnp.all((d > 0) & (d < jnp.inf) & consistent, axis=-1)
+
+
+def _lapack_semidefinite(V: Array, diag: Array, rounding: Array) -> tuple[Array, Array, Array]:
+    """``semidefinite_cholesky`` from m = 9 on: LAPACK's factor of V where it is consistent,
+    else (V nearly singular: collapsed tokens) the factor of V + 2 m eps diag(V), a shift of the
+    order of the rounding the unrolled elimination tolerates when it drops a pivot (its
+    ``tol_j``). Such V are frequent from m = 16 on (a quarter of the paths of a step at m = 32
+    from V0_ab = 0.8^|a-b|), and the ``eigh`` that would otherwise give their root costs 40-100
+    Cholesky factorisations at m = 32-64 (``benchmarks/README.md``). The shifted factor is
+    flagged ``deficient``; ``ok`` is False only where V + shift is not positive definite either
+    (outside the PSD cone beyond rounding, or not finite)."""
+    L, ok = _lapack_factor(V, diag, 0.0, rounding)
+
+    def shifted() -> tuple[Array, Array, Array]:
+        Ls, oks = _lapack_factor(V, diag, 2 * rounding, rounding)
+        return jnp.where(ok[..., None, None], L, Ls), ok | oks, ~ok & oks
+
+    return jax.lax.cond(jnp.all(ok), lambda: (L, ok, jnp.zeros_like(ok)), shifted)
