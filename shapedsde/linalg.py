@@ -135,32 +135,42 @@ def semidefinite_cholesky(V: Array) -> tuple[Array, Array, Array]:
     return jnp.stack(cols, -1), ok, deficient
 
 
-def _lapack_factor(V: Array, diag: Array, shift: Array | float,
+def _lapack_factor(V: Array, diag: Array, shift: Array | None,
                    rounding: Array) -> tuple[Array, Array]:
-    """LAPACK's factor of V + shift diag(V) and whether its rows agree with that diagonal to
-    ``rounding`` (a nearly singular V fails: a tiny pivot, or none)."""
-    if not isinstance(shift, float) or shift:
-        V = V + shift * (diag[..., :, None] * jnp.eye(V.shape[-1], dtype=V.dtype))
+    """LAPACK's factor of V + shift I (``shift``: one per matrix, or None) and whether its rows
+    agree with that diagonal to ``rounding`` (a nearly singular V fails: a tiny pivot, or
+    none)."""
+    if shift is not None:
+        diag = diag + shift[..., None]
+        V = V + shift[..., None, None] * jnp.eye(V.shape[-1], dtype=V.dtype)
     L = jnp.linalg.cholesky(V, symmetrize_input=False)
     d = jnp.diagonal(L, axis1=-2, axis2=-1)
     rows = jnp.sum(L * L, axis=-1)
-    consistent = jnp.abs(rows - (1.0 + shift) * diag) <= 2 * rounding * diag
+    consistent = jnp.abs(rows - diag) <= 2 * rounding * diag
     return L, jnp.all((d > 0) & (d < jnp.inf) & consistent, axis=-1)
+
+
+SHIFT = 100
+"""The shift of a nearly singular V, in units of eps times (a bound on) its largest eigenvalue:
+the tolerance below which the solvers' ``eigh`` does not count an eigenvalue as negative."""
 
 
 def _lapack_semidefinite(V: Array, diag: Array, rounding: Array) -> tuple[Array, Array, Array]:
     """``semidefinite_cholesky`` from m = 9 on: LAPACK's factor of V where it is consistent,
-    else (V nearly singular: collapsed tokens) the factor of V + 2 m eps diag(V), a shift of the
-    order of the rounding the unrolled elimination tolerates when it drops a pivot (its
-    ``tol_j``). Such V are frequent from m = 16 on (a quarter of the paths of a step at m = 32
-    from V0_ab = 0.8^|a-b|), and the ``eigh`` that would otherwise give their root costs 40-100
-    Cholesky factorisations at m = 32-64 (``benchmarks/README.md``). The shifted factor is
-    flagged ``deficient``; ``ok`` is False only where V + shift is not positive definite either
-    (outside the PSD cone beyond rounding, or not finite)."""
-    L, ok = _lapack_factor(V, diag, 0.0, rounding)
+    else (V nearly singular: collapsed tokens) the factor of V + delta I, delta = SHIFT eps
+    max_a sum_b |V_ab| (Gershgorin's bound on the largest eigenvalue): a change of V of the
+    order of the negative eigenvalues that the ``eigh`` fallback of the solvers
+    (``_solvers.on_state_space``) clips without counting a repair. Such V are frequent from
+    m = 16 on (a quarter of the paths of a step at m = 32 from V0_ab = 0.8^|a-b|), and an
+    ``eigh`` costs 40-100 Cholesky factorisations at m = 32-64 (``benchmarks/README.md``). The
+    shifted factor is flagged ``deficient``; ``ok`` is False only where V + delta I is not
+    positive definite either (outside the PSD cone beyond that tolerance, or not finite)."""
+    L, ok = _lapack_factor(V, diag, None, rounding)
 
     def shifted() -> tuple[Array, Array, Array]:
-        Ls, oks = _lapack_factor(V, diag, 2 * rounding, rounding)
+        eps = jnp.finfo(V.dtype).eps
+        bound = jnp.max(jnp.sum(jnp.abs(mirror_lower(V)), axis=-1), axis=-1)
+        Ls, oks = _lapack_factor(V, diag, SHIFT * eps * bound, rounding)
         return jnp.where(ok[..., None, None], L, Ls), ok | oks, ~ok & oks
 
     return jax.lax.cond(jnp.all(ok), lambda: (L, ok, jnp.zeros_like(ok)), shifted)
