@@ -150,6 +150,12 @@ def _lapack_factor(V: Array, diag: Array, shift: Array | None,
     return L, jnp.all((d > 0) & (d < jnp.inf) & consistent, axis=-1)
 
 
+_UNSHIFTED_MAX = 32
+"""Largest m at which a nearly singular V is left to the solvers' ``eigh`` (not shifted): up
+to m = 32 an ``eigh`` costs little (0.1 ms) and the shift's extra factorisation and repairs
+cost more than it saves (solve 2.0-2.4 against 1.6-2.3 s at m = 32, "rms", 128 paths); at
+m = 64 the ``eigh`` costs 8-16 ms and the shift makes the solve 2.9 times faster
+(``benchmarks/README.md``)."""
 SHIFT = 100
 """The shift of a nearly singular V, in units of eps times (a bound on) its largest eigenvalue:
 the tolerance below which the solvers' ``eigh`` does not count an eigenvalue as negative."""
@@ -157,15 +163,17 @@ the tolerance below which the solvers' ``eigh`` does not count an eigenvalue as 
 
 def _lapack_semidefinite(V: Array, diag: Array, rounding: Array) -> tuple[Array, Array, Array]:
     """``semidefinite_cholesky`` from m = 9 on: LAPACK's factor of V where it is consistent,
-    else (V nearly singular: collapsed tokens) the factor of V + delta I, delta = SHIFT eps
-    max_a sum_b |V_ab| (Gershgorin's bound on the largest eigenvalue): a change of V of the
-    order of the negative eigenvalues that the ``eigh`` fallback of the solvers
+    else (V nearly singular: collapsed tokens), from m = 33 on, the factor of V + delta I,
+    delta = SHIFT eps max_a sum_b |V_ab| (Gershgorin's bound on the largest eigenvalue): a
+    change of V of the order of the negative eigenvalues that the ``eigh`` fallback of the solvers
     (``_solvers.on_state_space``) clips without counting a repair. Such V are frequent from
-    m = 16 on (a quarter of the paths of a step at m = 32 from V0_ab = 0.8^|a-b|), and an
-    ``eigh`` costs 40-100 Cholesky factorisations at m = 32-64 (``benchmarks/README.md``). The
+    m = 16 on (a quarter of the paths of a step at m = 32 from V0_ab = 0.8^|a-b|), and at
+    m = 64 an ``eigh`` costs 100-200 Cholesky factorisations (``benchmarks/README.md``). The
     shifted factor is flagged ``deficient``; ``ok`` is False only where V + delta I is not
     positive definite either (outside the PSD cone beyond that tolerance, or not finite)."""
     L, ok = _lapack_factor(V, diag, None, rounding)
+    if V.shape[-1] <= _UNSHIFTED_MAX:
+        return L, ok, jnp.zeros_like(ok)
 
     def shifted() -> tuple[Array, Array, Array]:
         eps = jnp.finfo(V.dtype).eps
