@@ -150,12 +150,12 @@ def _lapack_factor(V: Array, diag: Array, shift: Array | None,
     return L, jnp.all((d > 0) & (d < jnp.inf) & consistent, axis=-1)
 
 
-_UNSHIFTED_MAX = 32
-"""Largest m at which a nearly singular V is left to the solvers' ``eigh`` (not shifted): up
-to m = 32 an ``eigh`` costs little (0.1 ms) and the shift's extra factorisation and repairs
-cost more than it saves (solve 2.0-2.4 against 1.6-2.3 s at m = 32, "rms", 128 paths); at
-m = 64 the ``eigh`` costs 8-16 ms and the shift makes the solve 2.9 times faster
-(``benchmarks/README.md``)."""
+_UNSHIFTED_MAX = 16
+"""Largest m at which a nearly singular V is left to the solvers' ``eigh`` (not shifted).
+Measured on a loaded 2-core machine (``benchmarks/README.md``): at m = 16 the shift made no
+consistent difference; at m = 32 the driver ran at 0.66 (raw) and 1.14 ("rms") times the
+plain scan with it against 0.39 and 0.87 without (an A/B of 2 rounds at 128 paths was
+inconclusive); at m = 64 it was 2.9 times faster ("rms", 32 paths)."""
 SHIFT = 100
 """The shift of a nearly singular V, in units of eps times (a bound on) its largest eigenvalue:
 the tolerance below which the solvers' ``eigh`` does not count an eigenvalue as negative."""
@@ -163,7 +163,7 @@ the tolerance below which the solvers' ``eigh`` does not count an eigenvalue as 
 
 def _lapack_semidefinite(V: Array, diag: Array, rounding: Array) -> tuple[Array, Array, Array]:
     """``semidefinite_cholesky`` from m = 9 on: LAPACK's factor of V where it is consistent,
-    else (V nearly singular: collapsed tokens), from m = 33 on, the factor of V + delta I,
+    else (V nearly singular: collapsed tokens), from m = 17 on, the factor of V + delta I,
     delta = SHIFT eps max_a sum_b |V_ab| (Gershgorin's bound on the largest eigenvalue): a
     change of V of the order of the negative eigenvalues that the ``eigh`` fallback of the solvers
     (``_solvers.on_state_space``) clips without counting a repair. Such V are frequent from

@@ -59,9 +59,9 @@ def test_cholesky_tolerates_rank_deficient_correlation_matrices(m: int) -> None:
     assert not bool(cholesky(jnp.asarray(bad[None], jnp.float32))[1][0])
 
 
-@pytest.mark.parametrize("m", [33, 48])
+@pytest.mark.parametrize("m", [17, 32])
 def test_lapack_cholesky_factorises_rank_deficient_matrices_with_a_small_shift(m: int) -> None:
-    """From m = 9 on LAPACK factorises; from m = 33 on a nearly singular V (collapsed tokens,
+    """From m = 9 on LAPACK factorises; from m = 17 on a nearly singular V (collapsed tokens,
     frequent from m = 16 on) is factorised as V + delta I, delta = SHIFT eps max_a sum_b |V_ab|,
     instead of falling back to an ``eigh`` (issue 26): its factor is finite and within 2 delta
     of V, and a V outside the cone beyond that is still refused."""
