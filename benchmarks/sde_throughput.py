@@ -30,8 +30,19 @@ of ``flops_per_step`` against the measured float32 matmul peak (best of n x n pr
     .venv/bin/python benchmarks/sde_throughput.py               # full table, a few minutes
     .venv/bin/python benchmarks/sde_throughput.py --quick       # m = 8 only, about 1.5 minutes
     .venv/bin/python benchmarks/sde_throughput.py --devices 2   # paths over 2 CPU devices
+    .venv/bin/python benchmarks/sde_throughput.py --by-m        # m = 2..128, raw and "rms"
+    .venv/bin/python benchmarks/sde_throughput.py --setting     # m = 8, 4000 paths, refinement
 
-Results are printed and written to benchmarks/results/sde_throughput.json.
+Results are printed and written to benchmarks/results/sde_throughput[_by_m|_setting].json.
+
+``--by-m`` (issue 26): for every m in BY_M and both forms of the SDE (raw, "rms"), the first
+``solve_sde`` call at a fixed step (a fresh compilation for each (m, form), in this process),
+then rounds that alternate ``solve_sde``, the driver's solve of the same paths alone
+(``shapedsde.sde.solve``: no pilot solve at twice the step, no estimate) and the scan; rates
+are path-steps of the run's own grid per second (the pilot's coupled solve is counted as work
+``solve_sde`` does, not as path-steps). ``--setting``: the throughput benchmark's own setting
+(m = 8, 4000 paths, 500 steps, raw, V0 = 0.7 I + 0.3), and the refinement's share: the driver
+with the ``Refined`` solver against the same solver without it, on the same paths.
 """
 
 from __future__ import annotations
@@ -229,6 +240,123 @@ def matmul_peak(sizes: tuple[int, ...] = (256, 512, 1024, 2048)) -> float:
     return best
 
 
+BY_M = (2, 4, 8, 16, 32, 64, 128)
+
+
+def by_m_paths(m: int) -> int:
+    """Paths per call in ``--by-m``: 256 (the issue's runs) up to m = 32, fewer beyond so that
+    a scan round stays under a minute on 2 cores."""
+    return 256 if m <= 32 else 64 if m <= 64 else 16
+
+
+def measure_by_m(m: int, normalize: str | None, repeats: int) -> dict:
+    """``solve_sde`` (fixed dt = DT, n_save 2), the driver alone and the scan at m tokens."""
+    from shapedsde.blocks import traced_parameters
+    from shapedsde.sde import make_solver, solve
+
+    n_paths, n_steps = by_m_paths(m), round(T / DT)
+    V0 = np.asarray(sd.default_covariance(m))
+    block = sd.ShapedAttention(tau0=TAU0, gamma=GAMMA)
+
+    def library(seed: int) -> np.ndarray:
+        return sd.solve_sde(block, V0, T, key=jax.random.PRNGKey(seed), dt=DT, n_paths=n_paths,
+                            n_save=2, normalize=normalize, progress=False).V
+
+    t0 = time.perf_counter()
+    first = library(0)
+    first_s = time.perf_counter() - t0
+    stepped = traced_parameters(block, jnp.float32)
+    V0_j = jnp.asarray(V0, jnp.float32)
+    solver = make_solver("euler", stepped, V0_j, normalized=normalize == "rms",
+                         bound=jnp.asarray(1e3 * float(np.max(np.diag(V0))), jnp.float32))
+    ts = jnp.asarray([0.0, T], jnp.float32)
+
+    def driver(seed: int) -> np.ndarray:
+        return solve(solver, stepped, V0_j, ts, n_steps, key=jax.random.PRNGKey(seed),
+                     n_paths=n_paths).V
+
+    driver(0)
+    scan = scan_euler(V0, n_paths, n_steps)
+    scan(jax.random.PRNGKey(0)).block_until_ready()
+    paired = paired_times([library, driver, lambda s: scan(jax.random.PRNGKey(s))], repeats)
+    t_lib, t_drv, t_scan = paired.min(axis=0)
+    path_steps = n_paths * n_steps
+    return {"m": m, "normalize": normalize, "n_paths": n_paths, "n_steps": n_steps,
+            "first_call_s": first_s, "steady_s": t_lib, "driver_s": t_drv, "scan_s": t_scan,
+            "rate": {"solve_sde": path_steps / t_lib, "driver": path_steps / t_drv,
+                     "scan": path_steps / t_scan},
+            "ratio_scan": t_scan / t_lib, "ratio_scan_median":
+                float(np.median(paired[:, 2] / paired[:, 0])),
+            "driver_ratio_scan": t_scan / t_drv,
+            "gflops": path_steps / t_drv * flops_per_step(m) / 1e9,
+            "finite_fraction_library": float(np.mean(np.isfinite(first).all(axis=(1, 2, 3))))}
+
+
+def measure_setting(repeats: int) -> dict:
+    """The benchmark's setting: m = 8, 4000 paths, 500 steps of 1/500, raw, V0 = 0.7 I + 0.3.
+    ``solve_sde`` against the scan, and the driver with and without ``Refined``."""
+    from shapedsde.blocks import traced_parameters
+    from shapedsde.sde import make_solver, solve
+
+    m, n_paths, n_steps = 8, 4000, 500
+    V0 = 0.7 * np.eye(m) + 0.3
+    block = sd.ShapedAttention(tau0=TAU0, gamma=GAMMA)
+
+    def library(seed: int) -> np.ndarray:
+        return sd.solve_sde(block, V0, T, key=jax.random.PRNGKey(seed), dt=1 / n_steps,
+                            n_paths=n_paths, n_save=2, progress=False).V
+
+    stepped = traced_parameters(block, jnp.float32)
+    V0_j = jnp.asarray(V0, jnp.float32)
+    refined = make_solver("euler", stepped, V0_j, normalized=False,
+                          bound=jnp.asarray(1e3, jnp.float32))
+    ts = jnp.asarray([0.0, T], jnp.float32)
+
+    def driver(solver: object) -> Callable[[int], np.ndarray]:
+        return lambda seed: solve(solver, stepped, V0_j, ts, n_steps,
+                                  key=jax.random.PRNGKey(seed), n_paths=n_paths).t_explode
+
+    t0 = time.perf_counter()
+    library(0)
+    first_s = time.perf_counter() - t0
+    with_refinement, without = driver(refined), driver(refined.solver)
+    with_refinement(0), without(0)
+    scan = scan_euler(V0, n_paths, n_steps)
+    scan(jax.random.PRNGKey(0)).block_until_ready()
+    paired = paired_times([library, with_refinement, without,
+                           lambda s: scan(jax.random.PRNGKey(s))], repeats)
+    t_lib, t_ref, t_plain, t_scan = paired.min(axis=0)
+    return {"m": m, "n_paths": n_paths, "n_steps": n_steps, "first_call_s": first_s,
+            "steady_s": t_lib, "driver_refined_s": t_ref, "driver_plain_s": t_plain,
+            "scan_s": t_scan, "ratio_scan": t_scan / t_lib,
+            "ratio_scan_median": float(np.median(paired[:, 3] / paired[:, 0])),
+            "driver_ratio_scan": t_scan / t_ref,
+            "refinement_share": 1 - t_plain / t_ref,
+            "refinement_share_median": float(np.median(1 - paired[:, 2] / paired[:, 1]))}
+
+
+def main_by_m(args: argparse.Namespace, peak: float) -> None:
+    suffix = "" if DEVICES == 1 else f"_{DEVICES}dev"
+    out = Path(args.out or Path(__file__).parent / "results" / f"sde_throughput_by_m{suffix}.json")
+    print(f"{'m':>3} {'form':>4} {'paths':>5} {'first s':>8} {'solve_sde/s':>11} {'driver/s':>9} "
+          f"{'scan/s':>9} {'x scan':>6} {'(med)':>6} {'drv x':>6} {'GFLOP/s':>8} {'% peak':>6}")
+    rows = []
+    for m in args.ms or BY_M:
+        for normalize in (None, "rms"):
+            r = measure_by_m(m, normalize, args.repeats)
+            rows.append(r)
+            q = r["rate"]
+            print(f"{m:>3} {normalize or 'raw':>4} {r['n_paths']:>5} {r['first_call_s']:>8.1f} "
+                  f"{q['solve_sde']:>11.3g} {q['driver']:>9.3g} {q['scan']:>9.3g} "
+                  f"{r['ratio_scan']:>6.2f} {r['ratio_scan_median']:>6.2f} "
+                  f"{r['driver_ratio_scan']:>6.2f} {r['gflops']:>8.2f} "
+                  f"{100 * r['gflops'] / peak:>6.2f}", flush=True)
+            out.parent.mkdir(parents=True, exist_ok=True)  # partial results survive a stop
+            out.write_text(json.dumps({"machine": machine(), "matmul_peak_gflops": peak,
+                                       "rows": rows}, indent=1))
+    print(f"wrote {out}")
+
+
 def measure(m: int, n_paths: int, repeats: int, numpy_steps: int) -> dict:
     V0 = np.asarray(sd.default_covariance(m))
     n_steps = round(T / DT)
@@ -274,7 +402,25 @@ def main() -> None:
                         help="host CPU devices to start JAX with (solve_sde uses all)")
     parser.add_argument("--out", default=None, help="JSON output (default: "
                         "benchmarks/results/sde_throughput[_<N>dev].json)")
+    parser.add_argument("--by-m", action="store_true", help="m = 2..128, raw and rms")
+    parser.add_argument("--ms", type=int, nargs="*", help="with --by-m: these m only")
+    parser.add_argument("--setting", action="store_true",
+                        help="m = 8, 4000 paths, 500 steps, raw: ratio and refinement share")
     args = parser.parse_args()
+    if args.by_m or args.setting:
+        peak = matmul_peak()
+        print(f"matmul peak: {peak:.0f} GFLOP/s (float32)", flush=True)
+        if args.setting:
+            r = measure_setting(args.repeats)
+            print(json.dumps(r, indent=1), flush=True)
+            out = Path(args.out or Path(__file__).parent / "results"
+                       / "sde_throughput_setting.json")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps({"machine": machine(), "matmul_peak_gflops": peak,
+                                       "setting": r}, indent=1))
+        if args.by_m:
+            main_by_m(args, peak)
+        return
     ms = (8,) if args.quick else MS
     suffix = "" if DEVICES == 1 else f"_{DEVICES}dev"
     out = Path(args.out or Path(__file__).parent / "results" / f"sde_throughput{suffix}.json")

@@ -110,20 +110,13 @@ def semidefinite_cholesky(V: Array) -> tuple[Array, Array, Array]:
 
     For m <= 8 the elimination is unrolled over columns in plain ``jnp``: batch-vectorised, it
     runs 2-5 times faster on CPU than a LAPACK call per matrix (m = 4, 8); from m = 10 on, LAPACK
-    is faster (measured 1.5x at m = 10, 3x at m = 16) and is used, with ``ok`` also False where
-    L's rows are not consistent with diag V (a nearly singular V: the caller's ``eigh`` fallback
-    then takes over).
+    is faster (measured 1.5x at m = 10, 3x at m = 16) and is used (``_lapack_semidefinite``).
     """
     m = V.shape[-1]
     eps = jnp.finfo(V.dtype).eps
     diag = jnp.diagonal(V, axis1=-2, axis2=-1)
     if m > _UNROLLED_CHOLESKY_MAX:
-        L = jnp.linalg.cholesky(V, symmetrize_input=False)
-        d = jnp.diagonal(L, axis1=-2, axis2=-1)
-        rows = jnp.sum(L * L, axis=-1)
-        consistent = jnp.abs(rows - diag) <= 2 * m * eps * diag
-        ok = jnp.all((d > 0) & (d < jnp.inf) & consistent, axis=-1)
-        return L, ok, jnp.zeros_like(ok)
+        return _lapack_semidefinite(V, diag, m * eps)
     A, cols = V, []
     ok = jnp.all(jnp.isfinite(diag), axis=-1)
     deficient = jnp.zeros_like(ok)
@@ -140,3 +133,52 @@ def semidefinite_cholesky(V: Array) -> tuple[Array, Array, Array]:
         cols.append(jnp.concatenate([jnp.zeros(c.shape[:-1] + (j,), c.dtype), c], -1))
         A = A[..., 1:, 1:] - c[..., 1:, None] * c[..., None, 1:]
     return jnp.stack(cols, -1), ok, deficient
+
+
+def _lapack_factor(V: Array, diag: Array, shift: Array | None,
+                   rounding: Array) -> tuple[Array, Array]:
+    """LAPACK's factor of V + shift I (``shift``: one per matrix, or None) and whether its rows
+    agree with that diagonal to ``rounding`` (a nearly singular V fails: a tiny pivot, or
+    none)."""
+    if shift is not None:
+        diag = diag + shift[..., None]
+        V = V + shift[..., None, None] * jnp.eye(V.shape[-1], dtype=V.dtype)
+    L = jnp.linalg.cholesky(V, symmetrize_input=False)
+    d = jnp.diagonal(L, axis1=-2, axis2=-1)
+    rows = jnp.sum(L * L, axis=-1)
+    consistent = jnp.abs(rows - diag) <= 2 * rounding * diag
+    return L, jnp.all((d > 0) & (d < jnp.inf) & consistent, axis=-1)
+
+
+_UNSHIFTED_MAX = 16
+"""Largest m at which a nearly singular V is left to the solvers' ``eigh`` (not shifted).
+Measured on a loaded 2-core machine (``benchmarks/README.md``): at m = 16 the shift made no
+consistent difference; at m = 32 the driver ran at 0.66 (raw) and 1.14 ("rms") times the
+plain scan with it against 0.39 and 0.87 without (an A/B of 2 rounds at 128 paths was
+inconclusive); at m = 64 it was 2.9 times faster ("rms", 32 paths)."""
+SHIFT = 100
+"""The shift of a nearly singular V, in units of eps times (a bound on) its largest eigenvalue:
+the tolerance below which the solvers' ``eigh`` does not count an eigenvalue as negative."""
+
+
+def _lapack_semidefinite(V: Array, diag: Array, rounding: Array) -> tuple[Array, Array, Array]:
+    """``semidefinite_cholesky`` from m = 9 on: LAPACK's factor of V where it is consistent,
+    else (V nearly singular: collapsed tokens), from m = 17 on, the factor of V + delta I,
+    delta = SHIFT eps max_a sum_b |V_ab| (Gershgorin's bound on the largest eigenvalue): a
+    change of V of the order of the negative eigenvalues that the ``eigh`` fallback of the solvers
+    (``_solvers.on_state_space``) clips without counting a repair. Such V are frequent from
+    m = 16 on (a quarter of the paths of a step at m = 32 from V0_ab = 0.8^|a-b|), and at
+    m = 64 an ``eigh`` costs 100-200 Cholesky factorisations (``benchmarks/README.md``). The
+    shifted factor is flagged ``deficient``; ``ok`` is False only where V + delta I is not
+    positive definite either (outside the PSD cone beyond that tolerance, or not finite)."""
+    L, ok = _lapack_factor(V, diag, None, rounding)
+    if V.shape[-1] <= _UNSHIFTED_MAX:
+        return L, ok, jnp.zeros_like(ok)
+
+    def shifted() -> tuple[Array, Array, Array]:
+        eps = jnp.finfo(V.dtype).eps
+        bound = jnp.max(jnp.sum(jnp.abs(mirror_lower(V)), axis=-1), axis=-1)
+        Ls, oks = _lapack_factor(V, diag, SHIFT * eps * bound, rounding)
+        return jnp.where(ok[..., None, None], L, Ls), ok | oks, ~ok & oks
+
+    return jax.lax.cond(jnp.all(ok), lambda: (L, ok, jnp.zeros_like(ok)), shifted)

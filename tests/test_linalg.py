@@ -57,3 +57,26 @@ def test_cholesky_tolerates_rank_deficient_correlation_matrices(m: int) -> None:
     bad = np.ones((m, m)) - 1e-2 * np.eye(m)
     bad[0, 1] = bad[1, 0] = 1.0 + 1e-2
     assert not bool(cholesky(jnp.asarray(bad[None], jnp.float32))[1][0])
+
+
+@pytest.mark.parametrize("m", [17, 32])
+def test_lapack_cholesky_factorises_rank_deficient_matrices_with_a_small_shift(m: int) -> None:
+    """From m = 9 on LAPACK factorises; from m = 17 on a nearly singular V (collapsed tokens,
+    frequent from m = 16 on) is factorised as V + delta I, delta = SHIFT eps max_a sum_b |V_ab|,
+    instead of falling back to an ``eigh`` (issue 26): its factor is finite and within 2 delta
+    of V, and a V outside the cone beyond that is still refused."""
+    from shapedsde.linalg import SHIFT
+
+    rng = np.random.default_rng(m)
+    u = rng.standard_normal((m, 2))
+    C = u @ u.T
+    C = C / np.sqrt(np.outer(np.diag(C), np.diag(C)))
+    V = jnp.asarray(np.stack([C, np.ones((m, m))]), jnp.float32)
+    L, ok = cholesky(V)
+    assert bool(jnp.all(ok)) and bool(jnp.all(jnp.isfinite(L)))
+    delta = SHIFT * np.finfo(np.float32).eps * np.abs(np.asarray(V)).sum(-1).max(-1)
+    err = np.abs(np.asarray(L @ jnp.swapaxes(L, 1, 2)) - np.asarray(V)).max(axis=(1, 2))
+    assert np.all(err <= 2 * delta), (err, delta)
+    bad = np.ones((m, m)) - 1e-2 * np.eye(m)
+    bad[0, 1] = bad[1, 0] = 1.0 + 1e-2
+    assert not bool(cholesky(jnp.asarray(bad[None], jnp.float32))[1][0])

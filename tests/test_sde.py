@@ -329,3 +329,22 @@ def test_weak_convergence_in_dt():
         euler = (1 + 2 * kappa * dt) ** round(1 / dt)
         assert abs(mean - euler) < 4 * se, (dt, mean, euler, se)
         assert abs(mean - exact) < 4 * se, (dt, mean, exact, se)
+
+
+@pytest.mark.parametrize("normalize", [None, "rms"])
+def test_many_tokens_solve_and_state_their_memory(normalize):
+    """m = 64 (issue 26): the step's products and factorisation are batched ``dot``s and LAPACK
+    from m = 17 on, so the program compiles in seconds; the result is the size that
+    ``check_result_size`` states (n_paths x n_save x m x m of the dtype), and the paths stay on
+    the state space (finite, symmetric, positive diagonal)."""
+    from shapedsde.validation import check_result_size
+
+    m, n_paths, n_save = 64, 8, 3
+    V0 = sd.default_covariance(m)
+    tr = sd.solve_sde(BLOCK, V0, 1 / 32, key=jax.random.key(0), dt=1 / 64, n_paths=n_paths,
+                      n_save=n_save, normalize=normalize, progress=False)
+    assert tr.V.shape == (n_paths, n_save, m, m)
+    assert tr.V.nbytes == check_result_size(n_paths, n_save, m, "float32")
+    assert np.all(np.isfinite(tr.V)) and not tr.exploded.any()
+    np.testing.assert_allclose(tr.V, np.swapaxes(tr.V, -1, -2), atol=1e-6)
+    assert np.all(np.diagonal(tr.V, axis1=-2, axis2=-1) > 0)

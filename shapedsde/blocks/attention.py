@@ -78,6 +78,17 @@ def _centre_columns(X: Array) -> Array:
     return X - jnp.full((m,), 1.0 / m, X.dtype) @ X
 
 
+_FUSED_GRAM_MAX = 16
+
+
+def _gram(X: Array) -> Array:
+    """X^T X. Up to m = 16 as m rank-one updates (fused multiply-adds: a batched ``dot`` with a
+    transposed operand runs several times slower there on CPU); beyond, the unrolled updates
+    cost more than the ``dot`` (2.5x at m = 64, ``benchmarks/README.md``) and their
+    compilation grows with m."""
+    return fused_matmul(X.T, X) if X.shape[0] <= _FUSED_GRAM_MAX else X.T @ X
+
+
 def _mask(m: int, causal: bool) -> Array:
     return jnp.tril(jnp.ones((m, m), bool)) if causal else jnp.ones((m, m), bool)
 
@@ -474,7 +485,7 @@ class ShapedAttention(AbstractAttention):
                 CL = C @ L
             else:
                 CL, k = _centre_columns(L), m
-            K = fused_matmul(CL.T, CL)  # m rank-one updates, no transposed product
+            K = _gram(CL)
             G = G + self._attention_scale / k * matmul(dW[1], K)
             kappa = kappa + (self._attention_scale / k) ** 2 * total(K * K)
         return G, kappa
