@@ -62,16 +62,12 @@ class _Normals(eqx.Module):
     """The normals of a batch of paths: whole streams (``draw``) and tree nodes (``node``)."""
 
     words: Array  # (B, 2) uint32 Threefry keys of the paths
-    swap: Array  # uint32 0, or 1 for the antithetic path (``MatrixBrownianPath``)
     n: int = eqx.field(static=True)
     m: int = eqx.field(static=True)
     dtype: str = eqx.field(static=True)
 
     def draw(self, stream: Array) -> Array:
-        # a base step's stream k, and its tree's first split BRIDGE_STREAMS + k, swap with
-        # those of k ^ 1 (BRIDGE_STREAMS is even)
-        return standard_normal_matrices(self.words, stream ^ self.swap, self.n, self.m,
-                                        self.dtype)
+        return standard_normal_matrices(self.words, stream, self.n, self.m, self.dtype)
 
     def draw_pair(self, first: Array, second: Array) -> tuple[Array, Array]:
         """The normals of two streams. One vectorised draw: XLA's CPU code for two separate
@@ -90,7 +86,6 @@ class _Normals(eqx.Module):
         of them: separate draws inside the refinement's walk cost a few kernels each, which
         at one or a few paths dominate a substep."""
         n, m = self.n, self.m
-        base_step = base_step ^ self.swap  # the whole tree moves with its base step
         size = n * m * m
         a, i, b = np.meshgrid(np.arange(m), np.arange(n), np.arange(m), indexing="ij")
         drawn = (a * n * m + i * m + b).transpose(1, 0, 2).reshape(-1)  # draw's layout
@@ -151,19 +146,13 @@ class _IncrementPath(diffrax.AbstractBrownianPath):
 
 class MatrixBrownianPath(_IncrementPath):
     """W of a batch of paths (module docstring): ``evaluate(t0, t1)`` is the increment
-    (B, n, m, m) over [t0, t1], a run of whole base steps (of ``dt``) or a dyadic part of one.
-
-    ``antithetic`` (a bool, or a traced one: no recompilation) gives the antithetic path of
-    the coupled pair at dt and 2 dt (Giles and Szpruch 2014): base steps 2j and 2j + 1 swap
-    their increments (with the trees under them), so every step of twice the base step has
-    the same increment as on the path itself and the law of the path is unchanged."""
+    (B, n, m, m) over [t0, t1], a run of whole base steps (of ``dt``) or a dyadic part of one."""
 
     normals: _Normals
     dt: Array  # the base step
 
-    def __init__(self, words: Array, dt: Array, n: int, m: int, dtype: str,
-                 antithetic: bool | Array = False):
-        self.normals = _Normals(words, jnp.asarray(antithetic).astype(jnp.uint32), n, m, dtype)
+    def __init__(self, words: Array, dt: Array, n: int, m: int, dtype: str):
+        self.normals = _Normals(words, n, m, dtype)
         self.dt = jnp.asarray(dt, dtype)
 
     @property

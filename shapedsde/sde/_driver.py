@@ -42,7 +42,7 @@ class Solution(NamedTuple):
 
 def solve(solver: Any, block: Block, V0: Array, save_ts: Array, steps_per_save: int, *,
           key: Array, n_paths: int, first_path: int = 0, brownian_dt: float | None = None,
-          antithetic: bool = False, chunk_size: int = 1024, progress: bool = False) -> Solution:
+          chunk_size: int = 1024, progress: bool = False) -> Solution:
     """Integrate ``n_paths`` paths of ``block``'s SDE with ``solver`` (module docstring).
 
     Args:
@@ -55,30 +55,26 @@ def solve(solver: Any, block: Block, V0: Array, save_ts: Array, steps_per_save: 
         steps_per_save: steps between consecutive saved times.
         key: JAX PRNG key; path i uses ``fold_in(key, i)``.
         brownian_dt: step of the Brownian path's base grid (default: the grid's step).
-        antithetic: drive the paths by the antithetic Brownian path (``MatrixBrownianPath``:
-            base steps swapped in pairs), the third solve of the step-error estimate.
         chunk_size: paths per compiled call (padded to one shape).
     """
     ts = np.asarray(save_ts)  # on the host: no op-by-op compilation
     grid_dt = float(ts[1] - ts[0]) / steps_per_save
     dt = jnp.asarray(grid_dt if brownian_dt is None else brownian_dt, V0.dtype)
     steps = jnp.asarray(steps_per_save, jnp.int32)
-    swap = jnp.asarray(antithetic, jnp.uint32)  # traced: no second compilation
     result = ChunkedResult(n_paths)
     for rows, keys in path_chunks(key, n_paths, chunk_size, first=first_path,
                                   progress=progress, desc="SDE paths"):
-        result.put(rows, _integrate(solver, block, keys, V0, save_ts, steps, dt, swap))
+        result.put(rows, _integrate(solver, block, keys, V0, save_ts, steps, dt))
     return Solution(*result.arrays)
 
 
 @eqx.filter_jit
 def _integrate(solver: Any, block: Block, keys: Array, V0: Array, save_ts: Array,
-               steps_per_save: Array, brownian_dt: Array,
-               swap: Array) -> tuple[Array, Array, Array]:
+               steps_per_save: Array, brownian_dt: Array) -> tuple[Array, Array, Array]:
     """The paths of ``keys`` as one system of B paths: V at the saved times (B, n_save, m, m),
     blow-up times and repairs."""
     words = jax.vmap(path_key_words)(keys)
-    path = MatrixBrownianPath(words, brownian_dt, block.n_noise, V0.shape[0], V0.dtype, swap)
+    path = MatrixBrownianPath(words, brownian_dt, block.n_noise, V0.shape[0], V0.dtype)
     terms = covariance_terms(block, path)
     base_terms = covariance_terms(block, path.base_steps())
     y0, state0 = solver.start(V0, words.shape[0])
