@@ -51,6 +51,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -475,6 +476,63 @@ def report(res: dict) -> None:
           f"{d['seconds']:.2f} s, error vs reference {d['error']:.4f} (SE {d['se']:.4f})")
 
 
+def control_costs(quick: bool, rounds: int) -> dict:
+    """What the resolved-error control (issue 25) costs, measured in one run, calls of each
+    row alternating round by round (best of ``rounds`` warm calls, after one first call):
+
+    * hot: two tokens, tau0 0.3, gamma 0.9, V0 = I, "rms", T = 1, 10^4 paths (2000 with
+      --quick). The default (congruence, step control) against Euler at the step that reaches
+      the same accuracy: the step Euler's own control (``solver="euler"``) accepts, timed as a
+      fixed-step call (goal: default <= half of it).
+    * cool: tau0 1, gamma 0.5, V0 = default_covariance(m), m = 4 and 8, raw, T = 1, 1000 paths.
+      The default against a fixed-step call at the step it accepts (goal: <= 1.5x).
+    """
+    import jax
+
+    import shapedsde as sd
+
+    def timed(call) -> tuple[float, Any]:
+        t0 = time.perf_counter()
+        out = call()
+        return time.perf_counter() - t0, out
+
+    def compare(calls: dict[str, Any]) -> dict:
+        first = {name: timed(lambda c=c: c(0))[0] for name, c in calls.items()}
+        best = {name: math.inf for name in calls}
+        outs = {}
+        for r in range(rounds):
+            for name, c in calls.items():
+                t, outs[name] = timed(lambda c=c, r=r: c(r + 1))
+                best[name] = min(best[name], t)
+        return {"first_s": first, "best_s": best,
+                "dt": {name: o.config["dt"] for name, o in outs.items()},
+                "step_error": {name: o.config["step_error"] for name, o in outs.items()}}
+
+    hot = sd.ShapedAttention(tau0=0.3, gamma=0.9)
+    n_hot = 2000 if quick else 10000
+    kw = dict(n_paths=n_hot, normalize="rms")
+    euler = sd.solve_sde(hot, np.eye(2), 1.0, key=jax.random.key(99), solver="euler", **kw)
+    euler_dt = euler.config["dt"]
+    result = {"hot": compare({
+        "default": lambda k: sd.solve_sde(hot, np.eye(2), 1.0, key=jax.random.key(k), **kw),
+        "euler_fixed": lambda k: sd.solve_sde(hot, np.eye(2), 1.0, key=jax.random.key(k),
+                                              dt=euler_dt, solver="euler", **kw)})}
+    result["hot"]["euler_control_step_error"] = euler.config["step_error"]
+    result["hot"]["ratio"] = result["hot"]["best_s"]["default"] / result["hot"]["best_s"][
+        "euler_fixed"]
+    cool = sd.ShapedAttention(tau0=1.0, gamma=0.5)
+    for m in (4, 8):
+        V0 = sd.default_covariance(m)
+        dt = sd.solve_sde(cool, V0, 1.0, key=jax.random.key(98)).config["dt"]
+        row = compare({
+            "default": lambda k, V0=V0: sd.solve_sde(cool, V0, 1.0, key=jax.random.key(k)),
+            "fixed": lambda k, V0=V0, dt=dt: sd.solve_sde(cool, V0, 1.0, key=jax.random.key(k),
+                                                         dt=dt)})
+        row["ratio"] = row["best_s"]["default"] / row["best_s"]["fixed"]
+        result[f"cool_m{m}"] = row
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
@@ -482,6 +540,8 @@ def main() -> None:
     parser.add_argument("--settings", default="hot,corner,blowup,block")
     parser.add_argument("--rounds", type=int, default=None, help="timing rounds")
     parser.add_argument("--no-cool", action="store_true", help="skip the fe1be78 comparison")
+    parser.add_argument("--control-costs", action="store_true",
+                        help="only the costs of the resolved-error step control (issue 25)")
     parser.add_argument("--out", default=None,
                         help="JSON output (default: benchmarks/results/weak_convergence.json)")
     args = parser.parse_args()
@@ -503,6 +563,17 @@ def main() -> None:
                                    "seconds": time.perf_counter() - t_start,
                                    "settings": settings_json, "cool_default": cool}, indent=1))
 
+    if args.control_costs:
+        costs = control_costs(args.quick, rounds)
+        path = out.with_name("control_costs.json")
+        path.write_text(json.dumps({"machine": machine(), "quick": args.quick,
+                                    "seconds": time.perf_counter() - t_start, **costs},
+                                   indent=1))
+        for name, row in costs.items():
+            print(f"{name}: dt {row['dt']}, best s {row['best_s']}, first s {row['first_s']}, "
+                  f"ratio {row['ratio']:.2f}")
+        print(f"wrote {path}")
+        return
     for setting in settings():
         if setting.name in chosen:
             results.append(run_setting(setting, args.quick, rounds))

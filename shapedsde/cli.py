@@ -416,11 +416,11 @@ def _step_report(sde: Trajectories, args: argparse.Namespace) -> str:
     text = (f"SDE step ({sde.config.get('solver', 'euler')} solver): dt = {step:.6g} "
             f"({1 / step:.6g} steps per unit time)")
     error = sde.config.get("step_error")
-    if isinstance(error, dict) and error.get("rho") is not None:  # shapedsde.sde.StepError
-        text += (f", estimated step error on rho {error['rho']:.2g} (beyond 2 Monte Carlo "
-                 f"SE: {max(error.get('excess', 0.0), 0.0):.2g})")
+    if isinstance(error, dict) and error.get("statement"):  # shapedsde.sde.StepError
+        text += f", step error on rho {error['statement']}"
         if error.get("crossing") is not None:
-            text += f", on the blow-up fraction {error['crossing']:.2g}"
+            text += (f", on the blow-up fraction {error['crossing']:.2g} +- "
+                     f"{error['crossing_se']:.1g} (below {error['crossing_bound']:.2g})")
     return text
 
 

@@ -15,8 +15,8 @@ from shapedsde.blocks.normalization import ito_diffusion_cov, ito_drift, rms
 
 
 def rho_law(block, T: float, cells: int = 4000, steps: int = 4000,
-            t_start: float = 5e-4) -> tuple[np.ndarray, np.ndarray]:
-    """Cell edges and the CDF of rho_12(T) from rho_12(0) = 0 (a Gaussian at t_start)."""
+            t_start: float = 5e-4, rho0: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Cell edges and the CDF of rho_12(T) from rho_12(0) = rho0 (a Gaussian at t_start)."""
     def coefficients(r):
         V = jnp.array([[1.0, r], [r, 1.0]], jnp.float32)
         b = ito_drift(rms, block.drift(V), block.diffusion_cov(V), V)
@@ -34,8 +34,8 @@ def rho_law(block, T: float, cells: int = 4000, steps: int = 4000,
     main[:-1] -= left / h
     main[1:] += right / h
     A = diags([left / h, main, -right / h], [-1, 0, 1], format="csc")
-    mu0, s20 = (float(x) for x in coefficients(0.0))
-    p = np.exp(-0.5 * (centres - mu0 * t_start) ** 2 / (s20 * t_start))
+    mu0, s20 = (float(x) for x in coefficients(rho0))
+    p = np.exp(-0.5 * (centres - rho0 - mu0 * t_start) ** 2 / (s20 * t_start))
     p /= p.sum() * h
     k = (T - t_start) / steps
     eye = identity(cells, format="csc")
@@ -45,9 +45,9 @@ def rho_law(block, T: float, cells: int = 4000, steps: int = 4000,
     return edges, np.concatenate([[0.0], np.cumsum(p) * h])
 
 
-def reference_statistics(block, T: float) -> np.ndarray:
-    """(mean, q05, q50, q95) of rho_12(T)."""
-    edges, cdf = rho_law(block, T)
+def reference_statistics(block, T: float, rho0: float = 0.0) -> np.ndarray:
+    """(mean, q05, q50, q95) of rho_12(T) from rho_12(0) = rho0."""
+    edges, cdf = rho_law(block, T, rho0=rho0)
     cdf /= cdf[-1]
     mean = float(np.sum(0.5 * (edges[1:] + edges[:-1]) * np.diff(cdf)))
     return np.array([mean, *np.interp([0.05, 0.5, 0.95], cdf, edges)])

@@ -10,20 +10,32 @@ wrapped in ``Refined`` (``_refinement``) for the un-normalised SDE, whose hot pa
 substeps. The number of steps, T, V0 and the block's parameters are traced values, so a sweep
 over them, or the step control below, compiles once.
 
-Step error (SPEC section 9). Every solve also integrates a subset of its paths (the first
-``pilot_paths(n_paths)``) on the same Brownian path at twice the step (increments summed in
-pairs) or, when that grid does not reach the saved times, at half the step (Brownian bridge),
-and records the estimated error of the mean and quantiles of every rho_ab in
-``Trajectories.config["step_error"]`` (``_step_error``). With ``dt=None`` (default) the
-step is chosen by that estimate: the number of steps is doubled while the estimated error of
-some correlation statistic (or of the blow-up fraction) exceeds ``tol`` by more than its Monte
-Carlo error (``StepError.above``); the subset solved at the accepted step is kept as the first
-paths of the result, and every solve of the run uses one compiled shape. Crossings of the
-blow-up bound are rare events, so on the first subset their estimate carries a standard error
-of a few points; while tol lies within that estimate +- 2 SE (``StepError.crossing_undecided``)
-the control solves more of the run's paths on both grids (doubling them, up to all) before it
-decides; where all of them leave it undecided, it halves the step if the estimate exceeds
-2 tol (``StepError.above``, ``_step_error.UNDECIDED_CROSSING``).
+Step error (SPEC section 9). A solve at a given ``dt`` also integrates its first
+``pilot_paths(n_paths)`` paths on the same Brownian path at twice the step (increments summed
+in pairs) or, when that grid does not reach the saved times, at half the step (Brownian
+bridge), and records the estimated error of the mean and 5/50/95% quantiles of every rho_ab at
+the saved times, each with its standard error, in ``Trajectories.config["step_error"]``
+(``_step_error.StepError``: "0.003 +- 0.001 (below 0.005 at 2 SE)").
+
+With ``dt=None`` (default) the step is accepted only when its error is *resolved* below
+``tol``: for every statistic, estimate + 2 standard errors <= tol (97.5% one-sided per
+statistic, not family-wise: only statistics whose error is near tol can be accepted wrongly),
+and for the blow-up fraction of the un-normalised SDE estimate + 2 SE <= CROSSING_TOL tol. The
+control walks a ladder of steps START_DT, START_DT / 2, ..., each solved at dt and 2 dt on
+max(n_paths, ESTIMATE_PATHS) coupled paths (paths beyond the run's are solved for the estimate
+only). A step's error is bounded, statistic by statistic, by the smallest of its own bound and
+the bounds of coarser steps of the ladder scaled by (dt / dt_coarse)^p, where the ladder shows
+the order p holds over at least MIN_ORDERED consecutive steps (``_step_error.consistent``: the
+estimates at 2 dt and dt agree after scaling, within their noise). The coupled difference of a
+statistic has a standard error of order sqrt(dt / paths) and its estimate of order dt, so a
+bound scaled from a coarser step is much tighter than a direct one: that is what makes a
+resolved error affordable. Where the ladder's bounds put a step up to MAX_EXTRAPOLATION
+halvings below the finest step measured within tol, that step is taken after a direct coupled
+estimate there on its first paths does not show the error above tol. Where only the blow-up
+fraction is unresolved, by its standard error, more coupled paths are solved on the same step
+(up to MAX_CROSSING_PATHS_FACTOR times). Where no step down to MIN_DT is resolved, the control
+warns (``RuntimeWarning``) and records ``resolved: False``. Every solve of the run uses one
+compiled shape.
 
 Randomness is per path: path i's increment on grid step k is a pure function of
 (``fold_in(key, i)``, k) (``_brownian``), so a path does not depend on the chunk, the batch or
@@ -34,6 +46,8 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import jax.numpy as jnp
@@ -59,15 +73,26 @@ from ._brownian import MAX_FLOAT32_STEPS
 from ._driver import Solution, solve
 from ._refinement import Refined, calm_scale
 from ._solvers import SOLVERS, GuardedSolver
-from ._step_error import StepError, estimate
+from ._step_error import CROSSING_TOL, StepError, Z, consistent, estimate, extrapolate
 
 SCHEMES = ("project", "ito")
 SOLVER_NAMES = ("auto", *SOLVERS)
 DEFAULT_TOL = TOL
 """Default bound on the estimated step error of the mean and quantiles of rho (SPEC section 9:
 the Monte Carlo error of a typical run, 10^4 paths; ``shapedsde.defaults.TOL``)."""
-START_DT = 2.0**-8
-"""First step tried by the step control (and the largest it takes)."""
+START_DT = 2.0**-6
+"""First step of the step control's ladder (and the largest it takes)."""
+ESTIMATE_PATHS = 2048
+"""Fewest coupled paths on each step of the ladder: all of the run's paths, and more where it
+has fewer (paths first_path + n_paths, ... of the same key, solved for the estimate only), so
+that a run of few paths still gets a resolved estimate."""
+MAX_CROSSING_PATHS_FACTOR = 4
+"""The control solves up to this many times max(n_paths, ESTIMATE_PATHS) coupled paths on a
+step where only the blow-up fraction's error is unresolved (``_crossing_needs_paths``)."""
+MIN_ORDERED = 3
+"""Consecutive steps of the ladder that must agree with the order before bounds are scaled."""
+MAX_EXTRAPOLATION = 3
+"""Halvings below the finest step measured that a bound may be scaled to (a factor 8)."""
 MIN_DT = 2.0**-15
 """Smallest step the step control takes; if the tolerance is not met there it warns."""
 MAX_STEPS = 2**30  # step indices are exact integers, and bridge streams start at 2^31
@@ -114,6 +139,84 @@ def attention_heat(config: dict[str, Any]) -> float:
 
 def _steps_per_save(interval: float, dt: float) -> int:
     return max(1, math.ceil(interval / dt - 1e-9))
+
+
+def _crossing_needs_paths(err: StepError, tol: float) -> bool:
+    """The correlations' error is within tol but the blow-up fraction's bound is not, and
+    mostly by its standard error: more coupled paths, not a smaller step, would resolve it."""
+    return (err.bound <= tol and err.crossing_bound is not None
+            and err.crossing_bound > CROSSING_TOL * tol and Z * err.crossing_se > err.crossing)
+
+
+def _ordered(levels: list[StepError], direct: StepError) -> list[StepError]:
+    """The coarser steps whose bounds may be scaled to ``direct``'s: the run of the ladder's
+    last steps, down to ``direct``, in which each agrees with the next finer one after scaling
+    by the order (``consistent``), if that run has at least MIN_ORDERED steps; else none. One
+    agreeing pair is not enough: on the first steps the estimates are mostly noise and agree
+    easily, and a gap that happens to be small there (a 5% quantile at 1/128 in a hot
+    correlated setting: 0.0005 +- 0.007, against 0.029 at 1/64) would be scaled down."""
+    run = [direct]
+    for coarse in reversed(levels):
+        if not consistent(coarse, run[0]):
+            break
+        run.insert(0, coarse)
+    return run[:-1] if len(run) >= MIN_ORDERED else []
+
+
+def _control(tol: float, n_paths: int, per_save: int, interval: float, max_steps: int,
+             n_save: int, check_paths: int,
+             solve_paths: Callable[..., tuple[Solution, Solution | None]],
+             step_error: Callable[[Solution, Solution, int], StepError],
+             bar: Any) -> tuple[int, Solution, StepError]:
+    """The step control (module docstring): a ladder of steps from START_DT down, each solved
+    on max(n_paths, ESTIMATE_PATHS) paths at dt and 2 dt. Returns the steps per saved interval
+    taken, the first paths solved at that step (at most n_paths) and the step error. A step
+    below the finest one measured is checked on ``check_paths`` paths at that step."""
+    n = max(n_paths, ESTIMATE_PATHS)
+    max_paths = MAX_CROSSING_PATHS_FACTOR * n
+    levels: list[StepError] = []  # the ladder so far, coarsest first
+    while True:
+        dt = interval / per_save
+        bar.reset()
+        bar.set_description(f"SDE step control (dt = {dt:.3g})")
+        base, other = solve_paths(per_save, n, coupled=True)
+        while True:
+            direct = step_error(base, other, per_save)
+            ladder = _ordered(levels, direct)
+            err = extrapolate(ladder, dt, direct, tol)
+            if not _crossing_needs_paths(err, tol) or n >= max_paths:
+                break
+            # only the blow-up fraction is unresolved, by its Monte Carlo error (flips of a
+            # crossing between the two grids are rare events): more coupled paths, here
+            more, more_other = solve_paths(per_save, n, coupled=True, start=n)
+            base, other, n = _joined(base, more), _joined(other, more_other), 2 * n
+        if err.within(tol):
+            return per_save, _head(base, n_paths), err
+        if ladder:  # the order holds down to this step
+            for j in range(1, MAX_EXTRAPOLATION + 1):
+                steps = per_save << j
+                if interval / steps < MIN_DT or steps * (n_save - 1) > max_steps:
+                    break
+                if not extrapolate([*ladder, direct], interval / steps, None, tol).within(tol):
+                    continue
+                # a direct estimate at that step on the run's first paths: the check that
+                # the scaling holds there, and those paths are the result's
+                bar.reset()
+                bar.set_description(f"SDE paths (dt = {interval / steps:.3g})")
+                first, coarse = solve_paths(steps, check_paths, coupled=True)
+                check = step_error(first, coarse, steps)
+                if not check.shown_above(tol):
+                    return steps, _head(first, n_paths), extrapolate(
+                        [*ladder, direct], interval / steps, check, tol)
+                break
+        levels.append(direct)
+        if interval / (2 * per_save) < MIN_DT or 2 * per_save * (n_save - 1) > max_steps:
+            warnings.warn(f"solve_sde: the step error is not resolved below tol = {tol:g} "
+                          f"down to the smallest step dt = {dt:.3g} ({err}); more paths would "
+                          "resolve it; the result carries it (config['step_error'])",
+                          RuntimeWarning, stacklevel=3)
+            return per_save, _head(base, n_paths), replace(err, resolved=False)
+        per_save *= 2
 
 
 def solve_sde(block: Block, V0: object, T: float, *, key: Array, dt: float | None = None,
@@ -223,15 +326,27 @@ def solve_sde(block: Block, V0: object, T: float, *, key: Array, dt: float | Non
     step_solver = make_solver(solver, stepped, V0_j, normalized=is_normalized,
                               bound=jnp.asarray(blowup_bound * scale, jdtype))
     # one compiled shape for every solve of the run
-    chunk = padded_chunk_size(pilot_paths(n_paths), chunk_size)
+    chunk = padded_chunk_size(pilot_paths(n_paths) if dt is not None
+                              else max(n_paths, ESTIMATE_PATHS), chunk_size)
     grid = (step_solver, stepped, V0_j, jnp.asarray(save_ts, jdtype))
     bar = tqdm(total=n_paths, desc="SDE paths", unit="path", leave=False, disable=not progress)
     run = dict(key=key, chunk_size=chunk)
 
-    def whole(count: int) -> int:
-        """Paths to ask the driver for: ``count`` rounded up to whole chunks (one compiled
-        shape for every solve; the padding is solved anyway and dropped by ``_head``)."""
-        return -(-count // chunk) * chunk
+    def solve_paths(steps: int, count: int, *, coupled: bool, start: int = 0
+                    ) -> tuple[Solution, Solution | None]:
+        """Paths start, ..., start + count - 1 of the run at ``steps`` steps per saved
+        interval and, if ``coupled``, the same paths on the same Brownian path at half as many
+        steps (or, for an odd number, twice as many: the Brownian bridge). Whole chunks are
+        solved (one compiled shape for every solve of the run) and the padding dropped."""
+        padded = -(-count // chunk) * chunk
+        first = first_path + start
+        base = _head(solve(*grid, steps, n_paths=padded, first_path=first, **run), count)
+        if not coupled:
+            return base, None
+        other_steps = steps // 2 if steps % 2 == 0 else 2 * steps
+        other = _head(solve(*grid, other_steps, n_paths=padded, first_path=first,
+                            brownian_dt=interval / steps, **run), count)
+        return base, other
 
     def step_error(base: Solution, other: Solution, per_save: int) -> StepError:
         return estimate(base.V, base.t_explode >= 0, other.V, other.t_explode >= 0,
@@ -239,37 +354,15 @@ def solve_sde(block: Block, V0: object, T: float, *, key: Array, dt: float | Non
                         else "fine", order=step_solver.weak_order,
                         normalize="rms" if is_normalized else None)
 
-    while True:  # the first n paths at the run's step and, on the same Brownian path, at
-        # twice the step (or, where the grid cannot be halved, half the step)
-        n = pilot_paths(n_paths)
-        other_steps = per_save // 2 if per_save % 2 == 0 else 2 * per_save
-        coupled = dict(brownian_dt=interval / per_save, **run)
-        bar.reset()
-        bar.set_description(f"SDE paths (dt = {interval / per_save:.3g})")
-        base = _head(solve(*grid, per_save, n_paths=whole(n), first_path=first_path, **run), n)
-        bar.update(n)
-        other = _head(solve(*grid, other_steps, n_paths=whole(n), first_path=first_path,
-                            **coupled), n)
-        err = step_error(base, other, per_save)
-        while dt is None and n < n_paths and err.crossing_undecided(tol):
-            more = min(2 * n, n_paths)  # more coupled paths: paths n, ..., more - 1
-            start = first_path + n
-            base = _joined(base, _head(solve(*grid, per_save, n_paths=whole(more - n),
-                                             first_path=start, **run), more - n))
-            bar.update(more - n)
-            other = _joined(other, _head(solve(*grid, other_steps, n_paths=whole(more - n),
-                                               first_path=start, **coupled), more - n))
-            n = more
-            err = step_error(base, other, per_save)
-        if dt is not None or not err.above(tol, every_path=n == n_paths):
-            break
-        if interval / (2 * per_save) < MIN_DT or 2 * per_save * (n_save - 1) > max_steps:
-            warnings.warn(f"solve_sde: step error above tol = {tol:g} beyond its Monte Carlo "
-                          f"error at the smallest step dt = {interval / per_save:.3g} ({err}); "
-                          "the result carries it (config['step_error'])", RuntimeWarning,
-                          stacklevel=2)
-            break
-        per_save *= 2
+    if dt is None:
+        per_save, base, err = _control(tol, n_paths, per_save, interval, max_steps, n_save,
+                                       max(pilot_paths(n_paths), chunk), solve_paths,
+                                       step_error, bar)
+    else:  # the given step; its error estimated on the first pilot_paths, not controlled
+        base, other = solve_paths(per_save, pilot_paths(n_paths), coupled=True)
+        bar.update(base.V.shape[0])
+        err = extrapolate([], interval / per_save, step_error(base, other, per_save))
+    n = base.V.shape[0]
     parts = [base]
     for start in range(n, n_paths, chunk):  # the rest, a chunk per call (for the progress bar)
         size = min(chunk, n_paths - start)
