@@ -21,9 +21,10 @@ from shapedsde import sde as sde_package
 def test_solve_sde_reaches_the_line_that_adds_the_increment_in_six_frames(monkeypatch):
     """From ``solve_sde`` to ``GuardedEuler.step`` (whose body adds the increment to V), for
     the plain steps of every solve of a run (the pilot's coupled solves and the rest): at
-    most 6 frames of the package, counted on the live stack when the step is traced. A step
-    of a hot path goes through the refinement wrapper, one frame more, and its substeps
-    through the walk."""
+    most 7 frames of the package, counted on the live stack when the step is traced
+    (``solve_paths`` is the run's solve of a step and its coupled step; with dt=None the
+    step control's ``_control`` adds one). A step of a hot path goes through the refinement
+    wrapper, one frame more, and its substeps through the walk."""
     stacks = []
     step = sde_package.GuardedEuler.step
 
@@ -42,11 +43,11 @@ def test_solve_sde_reaches_the_line_that_adds_the_increment_in_six_frames(monkey
     plain = [c for c in chains if "refined_step" not in c and "walk" not in c]
     assert plain, "the solve was not traced"
     for chain in plain:
-        assert len(chain) <= 6, chain
-    assert ["solve_sde", "solve", "_integrate", "refined_steps", "plain_step",
+        assert len(chain) <= 7, chain
+    assert ["solve_sde", "solve_paths", "solve", "_integrate", "refined_steps", "plain_step",
             "GuardedEuler.step"] in plain
     refined = [c for c in chains if "refined_step" in c and "walk" not in c]
-    assert refined and all(len(c) == 7 for c in refined), refined
+    assert refined and all(len(c) == 8 for c in refined), refined
 
 
 def _classes(module) -> list[type]:
