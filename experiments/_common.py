@@ -207,32 +207,36 @@ def normalize_arg(name: str) -> str | None:
 def sde_step(traj: sd.Trajectories) -> dict[str, Any]:
     """The step an SDE solve took and its estimated step error (SPEC section 9), for a
     figure's JSON: ``dt``, ``tol`` (None for a fixed step) and ``step_error``
-    (``traj.config["step_error"]``: ``rho`` is the largest estimated error of the mean and
-    5/50/95% quantiles of rho, ``excess`` that less 2 bootstrap standard errors)."""
+    (``traj.config["step_error"]``: ``rho`` +- ``rho_se`` is the estimated error of the
+    statistic of rho (mean, 5/50/95% quantile) with the largest ``bound``, the estimate + 2 SE
+    below which every statistic's error lies; ``statement`` says it in words)."""
     return {"dt": traj.config["dt"], "tol": traj.config["tol"],
             "step_error": traj.config["step_error"]}
 
 
 def step_text(steps: dict[str, Any] | Sequence[dict[str, Any]]) -> str:
-    """"dt = 1/N, est. step error x (...)" for titles and legends, from one or more
-    :func:`sde_step` records: every step taken and the largest estimated step error, with the
-    part of it beyond its Monte Carlo error (``StepError.excess``: the estimate is a
-    difference of two coupled solves on at most 2048 paths, so its tail quantiles carry
-    Monte Carlo noise)."""
+    """"dt = 1/N, step error x +- se (below b)" for titles and legends, from one or more
+    :func:`sde_step` records: every step taken and the error of the solve with the largest
+    bound (the bound, not the estimate, is what the step control holds below tol: an
+    estimate from coupled paths is itself noisy)."""
     steps = [steps] if isinstance(steps, dict) else list(steps)
     dts = sorted({round(1 / s["dt"]) for s in steps})
-    error = max(s["step_error"]["rho"] for s in steps)
-    excess = max(s["step_error"]["excess"] for s in steps)
-    noise = "within its MC error" if excess <= 0 else f"{excess:.1g} beyond its MC error"
-    return f"dt = {', '.join(f'1/{n}' for n in dts)}, est. step error {error:.2g} ({noise})"
+    err = max((s["step_error"] for s in steps), key=lambda e: e["bound"])
+    return (f"dt = {', '.join(f'1/{n}' for n in dts)}, step error {err['rho']:.2g} "
+            f"+- {err['rho_se']:.1g} (below {err['bound']:.2g})")
 
 
 def step_summary(step: dict[str, Any]) -> str:
     """One :func:`sde_step` record in full, for the printed summary."""
     err = step["step_error"]
-    return (f"dt = 1/{round(1 / step['dt'])}: step error estimate {err['rho']:.4f} (at most "
-            f"{err['upper']:.4f} at 2 SE, {err['excess']:.4f} beyond its Monte Carlo error; "
-            f"{err['paths']} coupled paths at dt = 1/{round(1 / err['dt_other'])})")
+    chosen = ("fixed" if step["tol"] is None
+              else f"chosen by the step control for tol = {step['tol']:g}")
+    text = (f"dt = 1/{round(1 / step['dt'])} ({chosen}): step error {err['statement']}; "
+            f"{err['paths']} coupled paths at dt = 1/{round(1 / err['dt_other'])}")
+    if err.get("crossing") is not None:
+        text += (f"; blow-up fraction {err['crossing']:.2g} +- {err['crossing_se']:.1g} "
+                 f"(below {err['crossing_bound']:.2g})")
+    return text
 
 
 # --- statistics -------------------------------------------------------------------------------

@@ -136,10 +136,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         fig.suptitle(f"un-normalised {C.describe(cfg['block'])}, "
                      f"{C.v0_text(cfg['tokens'], cfg['rho0'])}\n{cfg['n_sde']} SDE paths per "
                      f"dt, {cfg['n_net']} networks per width (depth = t x width)")
+        err = default["step_error"]
         summary = ["SDE exploded by T = " + f"{T:g}: " + ", ".join(
             f"dt {k}: {v:.1%}" for k, v in results["sde_exploded_at_T"].items())
             + f"; step control: {default['exploded']:.1%} at dt = 1/{round(1 / default['dt'])}"
-            f" (estimated crossing error {default['step_error']['crossing']:.2%})"]
+            f" (step error of the fraction {err['crossing']:.2%} +- {err['crossing_se']:.2%}, "
+            f"below {err['crossing_bound']:.2%})"]
         summary += [f"width {w}: crossed the bound {results['net_crossed_at_T'][str(w)]:.1%}, "
                     + ", ".join(f"P(V > {thr:g}) = {p:.1%}" for thr, p in
                                 zip(thresholds, results["net_tail_at_T"][str(w)], strict=True))
