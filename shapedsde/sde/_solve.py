@@ -180,6 +180,7 @@ def _control(tol: float, n_paths: int, per_save: int, interval: float, max_steps
         bar.reset()
         bar.set_description(f"SDE step control (dt = {dt:.3g})")
         base, other = solve_paths(per_save, n, coupled=True)
+        bar.update(min(n, n_paths))
         while True:
             direct = step_error(base, other, per_save)
             ladder = _ordered(levels, direct)
@@ -358,6 +359,9 @@ def solve_sde(block: Block, V0: object, T: float, *, key: Array, dt: float | Non
         per_save, base, err = _control(tol, n_paths, per_save, interval, max_steps, n_save,
                                        max(pilot_paths(n_paths), chunk), solve_paths,
                                        step_error, bar)
+        bar.reset()
+        bar.set_description(f"SDE paths (dt = {interval / per_save:.3g})")
+        bar.update(base.V.shape[0])
     else:  # the given step; its error estimated on the first pilot_paths, not controlled
         base, other = solve_paths(per_save, pilot_paths(n_paths), coupled=True)
         bar.update(base.V.shape[0])
