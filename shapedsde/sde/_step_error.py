@@ -255,8 +255,8 @@ def extrapolate(levels: list[StepError], dt: float, direct: StepError | None = N
     if crossing is not None and (e is not direct):
         extrapolated = True
     out = StepError(
-        rho=float(gap[worst]), rho_se=float(se[worst]), bound=float(bound.max()),
-        upper=base.upper if direct is not None else float(bound.max()),
+        rho=float(gap[worst]), rho_se=float(se[worst]), bound=min(float(bound.max()), CAP),
+        upper=base.upper if direct is not None else min(float(bound.max()), CAP),
         excess=base.excess if direct is not None else 0.0,
         rho_by_time=base.rho_by_time if direct is not None else tuple(
             float(x) for x in gap.reshape(gap.shape[0], -1).max(axis=1)),
