@@ -120,23 +120,49 @@ def logit_points(m: int, key_dim: int | None, n_points: int = N_POINTS) -> np.nd
     """The points P_i, shape (n_points, m, m), float64 and read-only: S = L P_i L^T are the
     logits of one head at the quadrature nodes (see the module docstring)."""
     rule_dims(m, key_dim)  # the check of the size
-    if key_dim is None:
-        P = stats.norm.ppf(_sobol_uniforms(n_points, m * m)).reshape(n_points, m, m)
-    elif key_dim < m:
-        Z = stats.norm.ppf(_sobol_uniforms(n_points, 2 * m * key_dim))
-        Z = Z.reshape(n_points, 2, m, key_dim)
-        P = Z[:, 0] @ np.swapaxes(Z[:, 1], -1, -2) / np.sqrt(key_dim)
+    if key_dim is None or key_dim < m:
+        dims = m * m if key_dim is None else 2 * m * key_dim
+        P = points_from_normals(stats.norm.ppf(_sobol_uniforms(n_points, dims)), None, m,
+                                key_dim)
     else:
         n_low = m * (m - 1) // 2
         u = _sobol_uniforms(n_points, m * m + n_low + m)
-        G = stats.norm.ppf(u[:, : m * m]).reshape(n_points, m, m)
-        T = np.zeros((n_points, m, m))
-        rows, cols = np.tril_indices(m, -1)
-        T[:, rows, cols] = stats.norm.ppf(u[:, m * m: m * m + n_low])
-        T[:, np.arange(m), np.arange(m)] = _bartlett_diagonal(u[:, m * m + n_low:], key_dim)
-        P = G @ np.swapaxes(T, -1, -2) / np.sqrt(key_dim)
+        P = points_from_normals(stats.norm.ppf(u[:, : m * m + n_low]),
+                                _bartlett_diagonal(u[:, m * m + n_low:], key_dim), m, key_dim)
     P.setflags(write=False)
     return P
+
+
+def points_from_normals(z: np.ndarray | Array, diag: np.ndarray | Array | None, m: int,
+                        key_dim: int | None) -> np.ndarray | Array:
+    """P (n, m, m) from a rule's normals z (n, dims) and, for key_dim >= m, its Bartlett
+    diagonal (n, m): one construction for the cached rule (NumPy, float64) and the streamed
+    one (JAX, in the layer). The lower triangle and diagonal of T are placed by products with
+    0/1 embeddings, which are exact, so that the same code runs on both array types."""
+    xp = np if isinstance(z, np.ndarray) else jnp
+    n = z.shape[0]
+    if key_dim is None:
+        return z.reshape(n, m, m)
+    if key_dim < m:
+        Z = z.reshape(n, 2, m, key_dim)
+        return Z[:, 0] @ xp.swapaxes(Z[:, 1], -1, -2) / math.sqrt(key_dim)
+    lower, diagonal = _triangle_embeddings(m)
+    G = z[:, : m * m].reshape(n, m, m)
+    T = (z[:, m * m:] @ xp.asarray(lower, z.dtype)
+         + diag @ xp.asarray(diagonal, z.dtype)).reshape(n, m, m)
+    return G @ xp.swapaxes(T, -1, -2) / math.sqrt(key_dim)
+
+
+@functools.lru_cache(maxsize=16)
+def _triangle_embeddings(m: int) -> tuple[np.ndarray, np.ndarray]:
+    """0/1 matrices that place m (m - 1) / 2 values on the strict lower triangle (row-major,
+    ``np.tril_indices`` order) and m values on the diagonal of a flattened m x m matrix."""
+    rows, cols = np.tril_indices(m, -1)
+    lower = np.zeros((len(rows), m * m))
+    lower[np.arange(len(rows)), rows * m + cols] = 1.0
+    diagonal = np.zeros((m, m * m))
+    diagonal[np.arange(m), np.arange(m) * (m + 1)] = 1.0
+    return lower, diagonal
 
 
 def _bartlett_diagonal(u: np.ndarray, key_dim: int) -> np.ndarray:
@@ -224,18 +250,11 @@ class StreamedRule:
         tail = jnp.where(upper, jnp.uint32(one) - x, x).astype(self.dtype) * self._scale
         z = jax.scipy.special.ndtri(jnp.maximum(tail, _CLIP))
         z = jnp.where(upper, -z, z)
-        if k is None:
-            return z.reshape(B, m, m)
-        if k < m:
-            Z = z.reshape(B, 2, m, k)
-            return Z[:, 0] @ jnp.swapaxes(Z[:, 1], -1, -2) / math.sqrt(k)
-        G = z[:, : m * m].reshape(B, m, m)
-        rows, cols = np.tril_indices(m, -1)
-        T = jnp.zeros((B, m, m), self.dtype).at[:, rows, cols].set(z[:, m * m:])
-        diag = jax.lax.dynamic_slice_in_dim(jnp.asarray(self._diagonal, self.dtype), c * B, B)
-        T = T.at[:, np.arange(m), np.arange(m)].set(diag)
-        return G @ jnp.swapaxes(T, -1, -2) / math.sqrt(k)
-
+        diag = None
+        if self._diagonal is not None:
+            diag = jax.lax.dynamic_slice_in_dim(jnp.asarray(self._diagonal, self.dtype),
+                                                c * B, B)
+        return points_from_normals(z, diag, m, k)
 
 @functools.lru_cache(maxsize=8)
 def streamed_rule(m: int, key_dim: int | None, dtype: str) -> StreamedRule:
