@@ -165,7 +165,7 @@ def _ordered(levels: list[StepError], direct: StepError) -> list[StepError]:
 
 def _control(tol: float, n_paths: int, per_save: int, interval: float, max_steps: int,
              n_save: int, check_paths: int,
-             solve_paths: Callable[..., tuple[Solution, Solution | None]],
+             solve_paths: Callable[..., tuple[Solution, Solution]],
              step_error: Callable[[Solution, Solution, int], StepError],
              bar: Any) -> tuple[int, Solution, StepError]:
     """The step control (module docstring): a ladder of steps from START_DT down, each solved
@@ -179,7 +179,7 @@ def _control(tol: float, n_paths: int, per_save: int, interval: float, max_steps
         dt = interval / per_save
         bar.reset()
         bar.set_description(f"SDE step control (dt = {dt:.3g})")
-        base, other = solve_paths(per_save, n, coupled=True)
+        base, other = solve_paths(per_save, n)
         bar.update(min(n, n_paths))
         while True:
             direct = step_error(base, other, per_save)
@@ -189,7 +189,7 @@ def _control(tol: float, n_paths: int, per_save: int, interval: float, max_steps
                 break
             # only the blow-up fraction is unresolved, by its Monte Carlo error (flips of a
             # crossing between the two grids are rare events): more coupled paths, here
-            more, more_other = solve_paths(per_save, n, coupled=True, start=n)
+            more, more_other = solve_paths(per_save, n, start=n)
             base, other, n = _joined(base, more), _joined(other, more_other), 2 * n
         if err.within(tol):
             return per_save, _head(base, n_paths), err
@@ -204,7 +204,7 @@ def _control(tol: float, n_paths: int, per_save: int, interval: float, max_steps
                 # the scaling holds there, and those paths are the result's
                 bar.reset()
                 bar.set_description(f"SDE paths (dt = {interval / steps:.3g})")
-                first, coarse = solve_paths(steps, check_paths, coupled=True)
+                first, coarse = solve_paths(steps, check_paths)
                 check = step_error(first, coarse, steps)
                 if not check.shown_above(tol):
                     return steps, _head(first, n_paths), extrapolate(
@@ -333,17 +333,14 @@ def solve_sde(block: Block, V0: object, T: float, *, key: Array, dt: float | Non
     bar = tqdm(total=n_paths, desc="SDE paths", unit="path", leave=False, disable=not progress)
     run = dict(key=key, chunk_size=chunk)
 
-    def solve_paths(steps: int, count: int, *, coupled: bool, start: int = 0
-                    ) -> tuple[Solution, Solution | None]:
+    def solve_paths(steps: int, count: int, start: int = 0) -> tuple[Solution, Solution]:
         """Paths start, ..., start + count - 1 of the run at ``steps`` steps per saved
-        interval and, if ``coupled``, the same paths on the same Brownian path at half as many
-        steps (or, for an odd number, twice as many: the Brownian bridge). Whole chunks are
-        solved (one compiled shape for every solve of the run) and the padding dropped."""
+        interval and the same paths on the same Brownian path at half as many steps (or, for
+        an odd number, twice as many: the Brownian bridge). Whole chunks are solved (one
+        compiled shape for every solve of the run) and the padding dropped."""
         padded = -(-count // chunk) * chunk
         first = first_path + start
         base = _head(solve(*grid, steps, n_paths=padded, first_path=first, **run), count)
-        if not coupled:
-            return base, None
         other_steps = steps // 2 if steps % 2 == 0 else 2 * steps
         other = _head(solve(*grid, other_steps, n_paths=padded, first_path=first,
                             brownian_dt=interval / steps, **run), count)
@@ -363,7 +360,7 @@ def solve_sde(block: Block, V0: object, T: float, *, key: Array, dt: float | Non
         bar.set_description(f"SDE paths (dt = {interval / per_save:.3g})")
         bar.update(base.V.shape[0])
     else:  # the given step; its error estimated on the first pilot_paths, not controlled
-        base, other = solve_paths(per_save, pilot_paths(n_paths), coupled=True)
+        base, other = solve_paths(per_save, pilot_paths(n_paths))
         bar.update(base.V.shape[0])
         err = extrapolate([], interval / per_save, step_error(base, other, per_save))
     n = base.V.shape[0]
