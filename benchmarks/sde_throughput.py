@@ -37,10 +37,13 @@ Results are printed and written to benchmarks/results/sde_throughput[_by_m|_sett
 
 ``--by-m`` (issue 26): for every m in BY_M and both forms of the SDE (raw, "rms"), the first
 ``solve_sde`` call at a fixed step (a fresh compilation for each (m, form), in this process),
-then rounds that alternate ``solve_sde``, the driver's solve of the same paths alone
-(``shapedsde.sde.solve``: no pilot solve at twice the step, no estimate) and the scan; rates
-are path-steps of the run's own grid per second (the pilot's coupled solve is counted as work
-``solve_sde`` does, not as path-steps). ``--setting``: the throughput benchmark's own setting
+then rounds that alternate ``solve_sde``, the driver's solve of the same paths with the solver
+``solve_sde`` chose ("auto": congruence beyond 8 tokens) alone (``shapedsde.sde.solve``: no
+pilot solve at twice the step, no estimate) and the scan; rates are path-steps of the run's
+own grid per second (the pilot's solve at twice the step is counted as work ``solve_sde``
+does, not as path-steps); "est %" is the median over rounds of 1 - driver / ``solve_sde``,
+the share of the step-error estimate (pilot solve and statistics) in ``solve_sde``'s time.
+``--setting``: the throughput benchmark's own setting
 (m = 8, 4000 paths, 500 steps, raw, V0 = 0.7 I + 0.3), and the refinement's share: the driver
 with the ``Refined`` solver against the same solver without it, on the same paths.
 """
@@ -258,16 +261,20 @@ def measure_by_m(m: int, normalize: str | None, repeats: int) -> dict:
     V0 = np.asarray(sd.default_covariance(m))
     block = sd.ShapedAttention(tau0=TAU0, gamma=GAMMA)
 
-    def library(seed: int) -> np.ndarray:
+    def run(seed: int) -> sd.Trajectories:
         return sd.solve_sde(block, V0, T, key=jax.random.PRNGKey(seed), dt=DT, n_paths=n_paths,
-                            n_save=2, normalize=normalize, progress=False).V
+                            n_save=2, normalize=normalize, progress=False)
+
+    def library(seed: int) -> np.ndarray:
+        return run(seed).V
 
     t0 = time.perf_counter()
-    first = library(0)
+    first_run = run(0)
     first_s = time.perf_counter() - t0
+    first, chosen = first_run.V, first_run.config["solver"]
     stepped = traced_parameters(block, jnp.float32)
     V0_j = jnp.asarray(V0, jnp.float32)
-    solver = make_solver("euler", stepped, V0_j, normalized=normalize == "rms",
+    solver = make_solver(chosen, stepped, V0_j, normalized=normalize == "rms",
                          bound=jnp.asarray(1e3 * float(np.max(np.diag(V0))), jnp.float32))
     ts = jnp.asarray([0.0, T], jnp.float32)
 
@@ -282,6 +289,9 @@ def measure_by_m(m: int, normalize: str | None, repeats: int) -> dict:
     t_lib, t_drv, t_scan = paired.min(axis=0)
     path_steps = n_paths * n_steps
     return {"m": m, "normalize": normalize, "n_paths": n_paths, "n_steps": n_steps,
+            "solver": chosen, "pilot_paths": first_run.config["step_error"]["paths"],
+            "estimate_share": 1 - t_drv / t_lib,
+            "estimate_share_median": float(np.median(1 - paired[:, 1] / paired[:, 0])),
             "first_call_s": first_s, "steady_s": t_lib, "driver_s": t_drv, "scan_s": t_scan,
             "rate": {"solve_sde": path_steps / t_lib, "driver": path_steps / t_drv,
                      "scan": path_steps / t_scan},
@@ -338,18 +348,21 @@ def measure_setting(repeats: int) -> dict:
 def main_by_m(args: argparse.Namespace, peak: float) -> None:
     suffix = "" if DEVICES == 1 else f"_{DEVICES}dev"
     out = Path(args.out or Path(__file__).parent / "results" / f"sde_throughput_by_m{suffix}.json")
-    print(f"{'m':>3} {'form':>4} {'paths':>5} {'first s':>8} {'solve_sde/s':>11} {'driver/s':>9} "
-          f"{'scan/s':>9} {'x scan':>6} {'(med)':>6} {'drv x':>6} {'GFLOP/s':>8} {'% peak':>6}")
+    print(f"{'m':>3} {'form':>4} {'solver':>10} {'paths':>5} {'pilot':>5} {'first s':>8} "
+          f"{'solve_sde/s':>11} {'driver/s':>9} {'scan/s':>9} {'x scan':>6} {'(med)':>6} "
+          f"{'drv x':>6} {'est %':>6} {'GFLOP/s':>8} {'% peak':>6}")
     rows = []
     for m in args.ms or BY_M:
         for normalize in (None, "rms"):
             r = measure_by_m(m, normalize, args.repeats)
             rows.append(r)
             q = r["rate"]
-            print(f"{m:>3} {normalize or 'raw':>4} {r['n_paths']:>5} {r['first_call_s']:>8.1f} "
+            print(f"{m:>3} {normalize or 'raw':>4} {r['solver']:>10} {r['n_paths']:>5} "
+                  f"{r['pilot_paths']:>5} {r['first_call_s']:>8.1f} "
                   f"{q['solve_sde']:>11.3g} {q['driver']:>9.3g} {q['scan']:>9.3g} "
                   f"{r['ratio_scan']:>6.2f} {r['ratio_scan_median']:>6.2f} "
-                  f"{r['driver_ratio_scan']:>6.2f} {r['gflops']:>8.2f} "
+                  f"{r['driver_ratio_scan']:>6.2f} "
+                  f"{100 * r['estimate_share_median']:>6.1f} {r['gflops']:>8.2f} "
                   f"{100 * r['gflops'] / peak:>6.2f}", flush=True)
             out.parent.mkdir(parents=True, exist_ok=True)  # partial results survive a stop
             out.write_text(json.dumps({"machine": machine(), "matmul_peak_gflops": peak,

@@ -22,9 +22,9 @@ def test_solve_sde_reaches_the_line_that_adds_the_increment_in_six_frames(monkey
     """From ``solve_sde`` to ``GuardedEuler.step`` (whose body adds the increment to V), for
     the plain steps of every solve of a run (the pilot's coupled solves and the rest): at
     most 7 frames of the package, counted on the live stack when the step is traced
-    (``solve_paths`` is the run's solve of a step and its coupled step; with dt=None the
-    step control's ``_control`` adds one). A step of a hot path goes through the refinement
-    wrapper, one frame more, and its substeps through the walk."""
+    (``solve_grid`` is the run's solve of its paths on one grid; with dt=None the step
+    control's ``_control`` and its coupled ``solve_paths`` add two). A step of a hot path
+    goes through the refinement wrapper, one frame more, and its substeps through the walk."""
     stacks = []
     step = sde_package.GuardedEuler.step
 
@@ -44,7 +44,7 @@ def test_solve_sde_reaches_the_line_that_adds_the_increment_in_six_frames(monkey
     assert plain, "the solve was not traced"
     for chain in plain:
         assert len(chain) <= 7, chain
-    assert ["solve_sde", "solve_paths", "solve", "_integrate", "refined_steps", "plain_step",
+    assert ["solve_sde", "solve_grid", "solve", "_integrate", "refined_steps", "plain_step",
             "GuardedEuler.step"] in plain
     refined = [c for c in chains if "refined_step" in c and "walk" not in c]
     assert refined and all(len(c) == 8 for c in refined), refined

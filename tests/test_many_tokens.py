@@ -135,6 +135,11 @@ def test_sde_at_64_tokens_records_its_step_error():
                        n_save=3, normalize="rms")
     check_correlations(sde, 4, 3)
     assert np.isfinite(sde.config["step_error"]["rho"])
+    # "auto" takes the congruence solver beyond 8 tokens, hot or cool: its steps keep V PSD
+    # (Euler's left the cone and took an eigh in ~5% of path-steps at 64 tokens)
+    assert sde.config["solver"] == "congruence" and sde.psd_repairs.sum() == 0
+    assert sd.solve_sde(SHAPED, V64[:8, :8], 0.125, key=jax.random.key(1), n_paths=4,
+                        dt=1 / 32, n_save=2).config["solver"] == "euler"
 
 
 def test_infinite_width_simulator_and_kernel_at_64_tokens():

@@ -56,6 +56,45 @@ def test_result_records_step_solver_and_error():
     assert tr.config["step_error"]["crossing"] is not None  # blow-up possible
 
 
+def test_pilot_paths_keep_the_estimate_within_its_share():
+    """At a given dt the estimate solves its pilot paths on the other grid: at most
+    ESTIMATE_SHARE of the run's work (the largest such power of two, from MIN_PILOT to
+    MAX_PILOT), except a small run, estimated on all its paths (one compiled shape)."""
+    from shapedsde.sde._solve import (
+        ESTIMATE_SHARE,
+        MAX_PILOT,
+        MIN_PILOT,
+        SMALL_RUN,
+        pilot_paths,
+    )
+
+    assert pilot_paths(48, 448, 3, 0.5) == 48  # the golden set's largest fixed-step run
+    assert pilot_paths(64, 256, 4, 0.5) == 64 and 64 * 256 * 4**3 <= SMALL_RUN
+    for n, steps, m, other in [(64, 256, 64, 0.5), (256, 256, 8, 0.5), (4000, 500, 8, 0.5),
+                               (1000, 256, 16, 2.0), (10**6, 64, 32, 0.5), (9, 256, 64, 2.0)]:
+        p = pilot_paths(n, steps, m, other)
+        assert n * steps * m**3 > SMALL_RUN
+        assert min(n, MIN_PILOT) <= p <= min(n, MAX_PILOT) and p & (p - 1) == 0 or p == n
+        assert p * other <= ESTIMATE_SHARE * n or p == min(n, MIN_PILOT)
+        assert 2 * p * other > ESTIMATE_SHARE * n or p in (MIN_PILOT, MAX_PILOT)
+
+
+def test_estimate_on_pilot_paths_is_that_of_a_run_of_those_paths():
+    """A run beyond SMALL_RUN estimates its step error on its first pilot paths: the same
+    coupled pairs, hence the same record, as a run of just those paths (which estimates on all
+    of its paths). The run's paths do not depend on it."""
+    from shapedsde.sde._solve import pilot_paths
+
+    block, V0 = sd.ShapedAttention(), sd.default_covariance(16)
+    run = dict(key=jax.random.key(5), dt=1 / 64, n_save=2, normalize="rms", progress=False)
+    big = sd.solve_sde(block, V0, 0.25, n_paths=512, **run)
+    p = pilot_paths(512, 16, 16, 0.5)
+    assert p == 64 and big.config["step_error"]["paths"] == p
+    small = sd.solve_sde(block, V0, 0.25, n_paths=p, **run)
+    assert small.config["step_error"] == big.config["step_error"]
+    np.testing.assert_array_equal(small.V, big.V[:p])
+
+
 @pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), "0.01"])
 def test_bad_tol_is_refused(bad):
     with pytest.raises((ValueError, TypeError), match="tol"):

@@ -11,7 +11,8 @@ substeps. The number of steps, T, V0 and the block's parameters are traced value
 over them, or the step control below, compiles once.
 
 Step error (SPEC section 9). A solve at a given ``dt`` also integrates its first
-``pilot_paths(n_paths)`` paths on the same Brownian path at twice the step (increments summed
+``pilot_paths`` paths (at most ESTIMATE_SHARE of the run's work) on the same Brownian path at
+twice the step (increments summed
 in pairs) or, when that grid does not reach the saved times, at half the step (Brownian
 bridge), and records the estimated error of the mean and 5/50/95% quantiles of every rho_ab at
 the saved times, each with its standard error, in ``Trajectories.config["step_error"]``
@@ -95,6 +96,26 @@ MAX_EXTRAPOLATION = 3
 """Halvings below the finest step measured that a bound may be scaled to (a factor 8)."""
 MIN_DT = 2.0**-15
 """Smallest step the step control takes; if the tolerance is not met there it warns."""
+EULER_MAX_TOKENS = 8
+"""``solver="auto"`` takes the congruence solver beyond this many tokens, hot or cool. There
+Euler's proposals leave the PSD cone even in cool settings (the noise of a step grows with m
+against V's smallest eigenvalues) and each such step costs an ``eigh``: from
+V0_ab = 0.8^|a-b|, tau0 1, gamma 0.5, dt 1/256, Euler repaired 84 (m = 16, raw) to 709
+(m = 128, "rms", 16 paths) path-steps, congruence none, and its driver took 0.77-0.82 (m = 16),
+0.60-0.79 (m = 32), 0.51-0.68 (m = 64) and 0.42-0.45 (m = 128) of Euler's time
+(``benchmarks/README.md``). Up to m = 8 the cool default stays Euler (no repairs there; its
+paths for a key are those of the golden set)."""
+ESTIMATE_SHARE = 0.1
+"""At a given dt, the share of the run's work that the step-error estimate may add (issue 26):
+its pilot paths' solve on the other grid (``pilot_paths``)."""
+MIN_PILOT = 8
+"""Fewest pilot paths of a run beyond SMALL_RUN: its estimate's standard errors say how little
+that is."""
+MAX_PILOT = 2048
+SMALL_RUN = 2**24
+"""Work (path-steps times m^3) up to which a run at a given dt is estimated on all its paths
+(one compiled shape, not two): 32768 path-steps at m = 8, about 30 ms on 2 cores, far less
+than a compilation; the golden set's runs and most tests are such runs."""
 MAX_STEPS = 2**30  # step indices are exact integers, and bridge streams start at 2^31
 
 
@@ -107,12 +128,18 @@ def make_solver(name: str, block: Block, V0: Array, *, normalized: bool,
     return solver if normalized else Refined(solver, calm_scale(block.drift, V0))
 
 
-def pilot_paths(n_paths: int) -> int:
-    """Paths solved twice for the step-error estimate: all of them up to 256, then a quarter
-    (a power of two), at most 2048: about 15% more work for a run of 1000 paths."""
-    if n_paths <= 256:
+def pilot_paths(n_paths: int, steps: int, m: int, other_per_step: float) -> int:
+    """Paths of a run at a given step (``steps`` in all, m tokens) that are also solved on the
+    other grid of the step-error estimate (``other_per_step``: its steps per step of the run's
+    grid, 1/2 for twice the step, 2 for the bridge at half the step): the largest power of two
+    whose solve there costs at most ESTIMATE_SHARE of the run's, at least MIN_PILOT paths and at
+    most MAX_PILOT. A small run (SMALL_RUN, in path-steps times m^3) estimates on all its paths:
+    fewer would compile a second shape, which costs more than solving them all. A run of 1000
+    paths at an even number of steps per saved interval: 128."""
+    if n_paths * steps * m**3 <= SMALL_RUN:
         return n_paths
-    return min(n_paths, 2048, max(256, 1 << (n_paths // 4).bit_length() - 1))
+    budget = int(n_paths * ESTIMATE_SHARE / other_per_step)
+    return min(n_paths, MAX_PILOT, max(MIN_PILOT, 1 << max(budget, 1).bit_length() - 1))
 
 
 def _head(solution: Solution, n: int) -> Solution:
@@ -129,7 +156,7 @@ def attention_heat(config: dict[str, Any]) -> float:
     """Largest gamma^2 / tau0^2 of the shaped attention (sub-)blocks of a block's config (0
     without attention): the scale of the cubic drift. ``solver="auto"`` takes the congruence
     solver from 1 on: in hot settings it reaches a given accuracy at a fraction of Euler's cost,
-    while in cool ones Euler needs no repairs and its step is cheaper (``benchmarks/README.md``)."""
+    while in cool ones with few tokens Euler needs no repairs (``benchmarks/README.md``)."""
     heat = config["gamma"] ** 2 / config["tau0"] ** 2 if "tau0" in config else 0.0
     parts = [v for v in config.values() if isinstance(v, dict)]
     parts += [x for v in config.values() if isinstance(v, list) for x in v
@@ -249,7 +276,8 @@ def solve_sde(block: Block, V0: object, T: float, *, key: Array, dt: float | Non
         solver: "congruence" (``CongruenceEuler``), "euler" (Euler-Maruyama), or "auto":
             congruence where the block declares its factors (``has_noise_factor``: shaped
             attention without a mask, the shaped MLP and their Transformer block), scheme is
-            "project" and the attention is hot (``attention_heat`` >= 1), else Euler.
+            "project" and either the attention is hot (``attention_heat`` >= 1) or there are
+            more than ``EULER_MAX_TOKENS`` (8) tokens, else Euler.
         scheme: for a normalised SDE, "project" (step the block's SDE, then map onto
             correlation matrices, as the network does) or "ito" (step the Ito-transformed SDE
             of ``Normalized``, Euler only).
@@ -301,7 +329,8 @@ def solve_sde(block: Block, V0: object, T: float, *, key: Array, dt: float | Non
                          "normalize='rms' or sd.normalized(block)")
     if solver == "auto":
         hot = attention_heat(block.config()) >= 1
-        solver = "congruence" if hot and stepped.has_noise_factor else "euler"
+        many = V0.shape[0] > EULER_MAX_TOKENS
+        solver = "congruence" if (hot or many) and stepped.has_noise_factor else "euler"
     elif solver == "congruence" and not stepped.has_noise_factor:
         raise ValueError(f"solver 'congruence' needs scheme 'project' and a block with "
                          f"noise_factor ({type(block).__name__} with these options has none); "
@@ -326,25 +355,32 @@ def solve_sde(block: Block, V0: object, T: float, *, key: Array, dt: float | Non
     V0_j = jnp.asarray(V0, jdtype)
     step_solver = make_solver(solver, stepped, V0_j, normalized=is_normalized,
                               bound=jnp.asarray(blowup_bound * scale, jdtype))
-    # one compiled shape for every solve of the run
-    chunk = padded_chunk_size(pilot_paths(n_paths) if dt is not None
-                              else max(n_paths, ESTIMATE_PATHS), chunk_size)
+    # one compiled shape for every solve of the step control; at a given step, one for the
+    # run and, where its pilot paths are fewer than a chunk, one for their other grid
+    chunk = padded_chunk_size(n_paths if dt is not None else max(n_paths, ESTIMATE_PATHS),
+                              chunk_size)
     grid = (step_solver, stepped, V0_j, jnp.asarray(save_ts, jdtype))
     bar = tqdm(total=n_paths, desc="SDE paths", unit="path", leave=False, disable=not progress)
-    run = dict(key=key, chunk_size=chunk)
+
+    def other_grid(steps: int) -> int:
+        """Steps per saved interval of the estimate's other grid: half as many (twice the
+        step), or for an odd number twice as many (the Brownian bridge)."""
+        return steps // 2 if steps % 2 == 0 else 2 * steps
+
+    def solve_grid(steps: int, count: int, start: int = 0, size: int = chunk,
+                   brownian_steps: int | None = None) -> Solution:
+        """Paths start, ..., start + count - 1 of the run at ``steps`` steps per saved
+        interval, on the Brownian path of ``brownian_steps`` (default: its own grid). Whole
+        chunks of ``size`` are solved and the padding dropped."""
+        extra = {} if brownian_steps is None else {"brownian_dt": interval / brownian_steps}
+        return _head(solve(*grid, steps, key=key, n_paths=-(-count // size) * size,
+                           first_path=first_path + start, chunk_size=size, **extra), count)
 
     def solve_paths(steps: int, count: int, start: int = 0) -> tuple[Solution, Solution]:
-        """Paths start, ..., start + count - 1 of the run at ``steps`` steps per saved
-        interval and the same paths on the same Brownian path at half as many steps (or, for
-        an odd number, twice as many: the Brownian bridge). Whole chunks are solved (one
-        compiled shape for every solve of the run) and the padding dropped."""
-        padded = -(-count // chunk) * chunk
-        first = first_path + start
-        base = _head(solve(*grid, steps, n_paths=padded, first_path=first, **run), count)
-        other_steps = steps // 2 if steps % 2 == 0 else 2 * steps
-        other = _head(solve(*grid, other_steps, n_paths=padded, first_path=first,
-                            brownian_dt=interval / steps, **run), count)
-        return base, other
+        """Paths start, ..., start + count - 1 at ``steps`` steps per saved interval and the
+        same paths on the same Brownian path on the other grid (``other_grid``)."""
+        return (solve_grid(steps, count, start),
+                solve_grid(other_grid(steps), count, start, brownian_steps=steps))
 
     def step_error(base: Solution, other: Solution, per_save: int) -> StepError:
         return estimate(base.V, base.t_explode >= 0, other.V, other.t_explode >= 0,
@@ -354,24 +390,25 @@ def solve_sde(block: Block, V0: object, T: float, *, key: Array, dt: float | Non
 
     if dt is None:
         per_save, base, err = _control(tol, n_paths, per_save, interval, max_steps, n_save,
-                                       max(pilot_paths(n_paths), chunk), solve_paths,
-                                       step_error, bar)
+                                       chunk, solve_paths, step_error, bar)
         bar.reset()
         bar.set_description(f"SDE paths (dt = {interval / per_save:.3g})")
         bar.update(base.V.shape[0])
-    else:  # the given step; its error estimated on the first pilot_paths, not controlled
-        base, other = solve_paths(per_save, pilot_paths(n_paths))
-        bar.update(base.V.shape[0])
-        err = extrapolate([], interval / per_save, step_error(base, other, per_save))
-    n = base.V.shape[0]
-    parts = [base]
-    for start in range(n, n_paths, chunk):  # the rest, a chunk per call (for the progress bar)
-        size = min(chunk, n_paths - start)
-        parts.append(_head(solve(*grid, per_save, n_paths=chunk, first_path=first_path + start,
-                                 **run), size))
+        parts = [base]
+    else:
+        parts = []
+    for start in range(sum(p.V.shape[0] for p in parts), n_paths, chunk):  # the rest, a chunk
+        size = min(chunk, n_paths - start)                                # per call (the bar)
+        parts.append(solve_grid(per_save, size, start))
         bar.update(size)
-    bar.close()
     base = Solution(*(np.concatenate(arrays) for arrays in zip(*parts, strict=True)))
+    if dt is not None:  # the given step: its error estimated on the first paths, not controlled
+        pilot = pilot_paths(n_paths, per_save * (n_save - 1), V0.shape[0],
+                            other_grid(per_save) / per_save)
+        other = solve_grid(other_grid(per_save), pilot, size=padded_chunk_size(pilot, chunk_size),
+                           brownian_steps=per_save)
+        err = extrapolate([], interval / per_save, step_error(_head(base, pilot), other, per_save))
+    bar.close()
     exploded = base.t_explode >= 0
     return Trajectories(
         t=save_ts, V=base.V, exploded=exploded,
