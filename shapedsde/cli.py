@@ -300,7 +300,8 @@ def _common_options() -> argparse.ArgumentParser:
                           "construction), 'euler' (Euler-Maruyama with a PSD repair), or "
                           "'auto': congruence where the block has that form (shaped attention "
                           "without a mask, the shaped MLP, their Transformer block) and its "
-                          "attention is hot (gamma^2 / tau0^2 >= 1), else euler")
+                          "attention is hot (gamma^2 / tau0^2 >= 1) or there are more than 8 "
+                          "tokens, else euler")
     run.add_argument("--n-save", type=int, default=N_SAVE,
                      help="number of evenly spaced saved times, including 0 and T")
     run.add_argument("--dtype", choices=("float32", "float64"), default="float32",

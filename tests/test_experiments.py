@@ -139,3 +139,9 @@ def test_many_tokens_records_every_m_and_the_sde_step(quick_run):
     assert len(data["causal_sde_mean"]) == data["distance"].size == ms[-1] - 1
     assert set(results["sde_steps"]) == {str(m) for m in ms}
     assert all(math.isfinite(s["step_error"]["rho"]) for s in results["sde_steps"].values())
+    # the SDE at twice the step, on independent paths: the plotted means agree within what
+    # noise alone reaches (at 1%, Bonferroni over each run's means)
+    steps = [*results["sde_steps"].values(), results["causal_sde_step"]]
+    assert results["max_step_z"] == max(s["step_z"] for s in steps)
+    assert all(2.5 < s["step_z_noise"] < 4.5 for s in steps)
+    assert results["max_step_z_ratio"] < 1

@@ -4,11 +4,11 @@ r"""Integration of the covariance SDE, batched over paths, with its step error c
 
 The noise is the block's "cheap noise" (O(m^3) per step, no m^2 x m^2 square root). The paths
 are integrated by the driver (``solve``) with a solver of ``_solvers`` (by default the
-congruence form of Euler where the block allows it and its attention is hot, else
-Euler-Maruyama), which keeps every path on the state space and freezes a path that blows up,
-wrapped in ``Refined`` (``_refinement``) for the un-normalised SDE, whose hot paths take
-substeps. The number of steps, T, V0 and the block's parameters are traced values, so a sweep
-over them, or the step control below, compiles once.
+congruence form of Euler where the block allows it and its attention is hot or it has more than
+8 tokens, else Euler-Maruyama), which keeps every path on the state space and freezes a path
+that blows up, wrapped in ``Refined`` (``_refinement``) for the un-normalised SDE, whose hot
+paths take substeps. The number of steps, T, V0 and the block's parameters are traced values,
+so a sweep over them, or the step control below, compiles once.
 
 Step error (SPEC section 9). A solve at a given ``dt`` also integrates its first
 ``pilot_paths`` paths (at most ESTIMATE_SHARE of the run's work) on the same Brownian path at
