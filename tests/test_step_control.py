@@ -65,6 +65,7 @@ def test_pilot_paths_keep_the_estimate_within_its_share():
         MAX_PILOT,
         MIN_PILOT,
         SMALL_RUN,
+        _check_paths,
         pilot_paths,
     )
 
@@ -77,6 +78,11 @@ def test_pilot_paths_keep_the_estimate_within_its_share():
         assert min(n, MIN_PILOT) <= p <= min(n, MAX_PILOT) and p & (p - 1) == 0 or p == n
         assert p * other <= ESTIMATE_SHARE * n or p == min(n, MIN_PILOT)
         assert 2 * p * other > ESTIMATE_SHARE * n or p in (MIN_PILOT, MAX_PILOT)
+    # the control's direct check below the finest step measured: at least a chunk, and a
+    # quarter of the run (a power of two from 256 to MAX_PILOT) where that is more
+    assert [_check_paths(n, 1024) for n in (16, 1000, 4096, 8192, 10**5)] == [
+        1024, 1024, 1024, 2048, 2048]
+    assert _check_paths(1000, 64) == 256 and _check_paths(100, 64) == 100
 
 
 def test_estimate_on_pilot_paths_is_that_of_a_run_of_those_paths():

@@ -142,6 +142,14 @@ def pilot_paths(n_paths: int, steps: int, m: int, other_per_step: float) -> int:
     return min(n_paths, MAX_PILOT, max(MIN_PILOT, 1 << max(budget, 1).bit_length() - 1))
 
 
+def _check_paths(n_paths: int, chunk: int) -> int:
+    """Paths of the control's direct check at a step below the finest one measured (the run's
+    first paths, ``_control``): all of a chunk, and a quarter of the run's (a power of two) from
+    256 to MAX_PILOT where that is more."""
+    quarter = 1 << max(n_paths // 4, 1).bit_length() - 1
+    return max(chunk, min(n_paths, MAX_PILOT, max(256, quarter)))
+
+
 def _head(solution: Solution, n: int) -> Solution:
     """The first n paths of a solve."""
     return Solution(*(a[:n] for a in solution))
@@ -390,7 +398,8 @@ def solve_sde(block: Block, V0: object, T: float, *, key: Array, dt: float | Non
 
     if dt is None:
         per_save, base, err = _control(tol, n_paths, per_save, interval, max_steps, n_save,
-                                       chunk, solve_paths, step_error, bar)
+                                       _check_paths(n_paths, chunk), solve_paths,
+                                       step_error, bar)
         bar.reset()
         bar.set_description(f"SDE paths (dt = {interval / per_save:.3g})")
         bar.update(base.V.shape[0])
