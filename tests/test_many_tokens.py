@@ -138,8 +138,16 @@ def test_sde_at_64_tokens_records_its_step_error():
     # "auto" takes the congruence solver beyond 8 tokens, hot or cool: its steps keep V PSD
     # (Euler's left the cone and took an eigh in ~5% of path-steps at 64 tokens)
     assert sde.config["solver"] == "congruence" and sde.psd_repairs.sum() == 0
-    assert sd.solve_sde(SHAPED, V64[:8, :8], 0.125, key=jax.random.key(1), n_paths=4,
-                        dt=1 / 32, n_save=2).config["solver"] == "euler"
+
+
+def test_auto_solver_is_congruence_beyond_8_tokens_where_the_block_has_that_form():
+    from shapedsde.sde._solve import auto_solver
+
+    hot, causal = sd.ShapedAttention(tau0=0.3, gamma=0.9), sd.ShapedAttention(causal=True)
+    assert [auto_solver(SHAPED, SHAPED, m) for m in (2, 8, 9, 128)] == [
+        "euler", "euler", "congruence", "congruence"]
+    assert auto_solver(hot, hot, 2) == "congruence"
+    assert auto_solver(causal, causal, 64) == "euler"  # a mask: no congruence form
 
 
 def test_infinite_width_simulator_and_kernel_at_64_tokens():

@@ -75,7 +75,8 @@ def test_pilot_paths_keep_the_estimate_within_its_share():
                                (1000, 256, 16, 2.0), (10**6, 64, 32, 0.5), (9, 256, 64, 2.0)]:
         p = pilot_paths(n, steps, m, other)
         assert n * steps * m**3 > SMALL_RUN
-        assert min(n, MIN_PILOT) <= p <= min(n, MAX_PILOT) and p & (p - 1) == 0 or p == n
+        assert min(n, MIN_PILOT) <= p <= min(n, MAX_PILOT)
+        assert p & (p - 1) == 0 or p == n  # a power of two, or the whole run
         assert p * other <= ESTIMATE_SHARE * n or p == min(n, MIN_PILOT)
         assert 2 * p * other > ESTIMATE_SHARE * n or p in (MIN_PILOT, MAX_PILOT)
     # the control's direct check below the finest step measured: at least a chunk, and a

@@ -172,6 +172,16 @@ def attention_heat(config: dict[str, Any]) -> float:
     return max([heat, *(attention_heat(part) for part in parts)])
 
 
+def auto_solver(block: Block, stepped: Block, m: int) -> str:
+    """What ``solver="auto"`` takes for ``block`` at m tokens, stepped as ``stepped`` (the
+    block without its normalisation for scheme "project"): congruence where ``stepped`` has
+    that form and the attention is hot (``attention_heat`` >= 1) or there are more than
+    EULER_MAX_TOKENS tokens, else Euler."""
+    hot = attention_heat(block.config()) >= 1
+    many = m > EULER_MAX_TOKENS
+    return "congruence" if (hot or many) and stepped.has_noise_factor else "euler"
+
+
 def _steps_per_save(interval: float, dt: float) -> int:
     return max(1, math.ceil(interval / dt - 1e-9))
 
@@ -336,9 +346,7 @@ def solve_sde(block: Block, V0: object, T: float, *, key: Array, dt: float | Non
                          f"(block {type(block).__name__} normalises some); use "
                          "normalize='rms' or sd.normalized(block)")
     if solver == "auto":
-        hot = attention_heat(block.config()) >= 1
-        many = V0.shape[0] > EULER_MAX_TOKENS
-        solver = "congruence" if (hot or many) and stepped.has_noise_factor else "euler"
+        solver = auto_solver(block, stepped, V0.shape[0])
     elif solver == "congruence" and not stepped.has_noise_factor:
         raise ValueError(f"solver 'congruence' needs scheme 'project' and a block with "
                          f"noise_factor ({type(block).__name__} with these options has none); "
