@@ -5,11 +5,15 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+from collections.abc import Callable, Mapping
 from numbers import Integral, Real
 from pathlib import Path
+from typing import Any, TypeVar
 
 import jax
 import numpy as np
+
+_T = TypeVar("_T")
 
 NORMALIZATIONS = (None, "rms")
 MAX_PATHS = 2**32
@@ -35,6 +39,26 @@ def check_real(name: str, value: object, *, low: float | None = None, high: floa
         hi = "inf" if high is None else f"{high:g}"
         raise ValueError(f"{name} must lie in {lb}{lo}, {hi}{hb}, got {v:g}")
     return v
+
+
+def from_kind(spec: Mapping[str, Any], name: str, what: str,
+              constructors: Mapping[str, Callable[..., _T]], custom_field: str,
+              custom: Callable[[Any, tuple[tuple[str, Any], ...]], _T]) -> _T:
+    """The object a ``config()`` dict describes: ``{"kind": k, **parameters}`` for a named
+    constructor, or ``{"kind": "custom", custom_field: value, **recorded}`` built by
+    ``custom(value, recorded items)``; an unknown kind or bad parameters raise a ValueError
+    naming ``name`` and the ``what`` it should describe (e.g. "mask")."""
+    spec = dict(spec)
+    kind = spec.pop("kind", None)
+    if kind == "custom":
+        return custom(spec.pop(custom_field, None), tuple(spec.items()))
+    if kind not in constructors:
+        raise ValueError(f"{name}: unknown {what} kind {kind!r}; choose from "
+                         f"{', '.join(['custom', *constructors])}")
+    try:
+        return constructors[kind](**spec)
+    except TypeError as err:
+        raise ValueError(f"{name}: bad parameters for a {kind} {what}: {err}") from None
 
 
 def check_int(name: str, value: object, *, low: int) -> int:

@@ -1,4 +1,4 @@
-"""Deterministic helpers shared by the coefficient tests."""
+"""Deterministic helpers shared by the tests: coefficients, and a toy block."""
 
 from __future__ import annotations
 
@@ -7,7 +7,27 @@ import jax.numpy as jnp
 import numpy as np
 
 import shapedsde as sd
+from shapedsde.blocks import Block
 from shapedsde.linalg import psd_sqrt
+
+
+class ToyBlock(Block):
+    """Identity-like coefficients and layer, for tests of the Block contract and of input
+    checks; it declares no capabilities (a subclass declares them, or fails to on purpose)."""
+
+    n_noise = 1
+
+    def drift(self, V):
+        return V
+
+    def diffusion_cov(self, V):
+        return V
+
+    def noise_from(self, V, N):
+        return N[0]
+
+    def layer_with_control(self, key, X):
+        return X, X
 
 
 def noise_covariance(block: sd.Block, V: jax.Array, solver_root: bool = False) -> jax.Array:

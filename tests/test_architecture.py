@@ -17,6 +17,8 @@ import shapedsde as sd
 from shapedsde import blocks
 from shapedsde import sde as sde_package
 
+from helpers import ToyBlock
+
 
 def test_solve_sde_reaches_the_line_that_adds_the_increment_in_six_frames(monkeypatch):
     """From ``solve_sde`` to ``GuardedEuler.step`` (whose body adds the increment to V), for
@@ -92,20 +94,8 @@ def test_capabilities_are_declared():
 
 
 def test_a_block_missing_a_declaration_cannot_be_built():
-    class Undeclared(blocks.Block):
-        n_noise = 1
-
-        def drift(self, V):
-            return V
-
-        def diffusion_cov(self, V):
-            return V
-
-        def noise_from(self, V, N):
-            return N[0]
-
-        def layer_with_control(self, key, X):
-            return X, X
+    class Undeclared(ToyBlock):
+        pass
 
     with pytest.raises(TypeError, match="has_"):
         Undeclared()

@@ -73,6 +73,7 @@ def test_position_constructors():
     ([[1, 2], [0, 1]], ValueError, "mask must hold booleans"),
     ("causal", TypeError, "mask must be an"),
     ({"kind": "diagonal"}, ValueError, "mask: unknown mask kind 'diagonal'"),
+    ({"kind": "causal", "w": 2}, ValueError, "mask: bad parameters for a causal mask"),
 ])
 def test_bad_masks_name_the_parameter(value, error, match):
     with pytest.raises(error, match=match):
@@ -85,6 +86,9 @@ def test_bad_masks_name_the_parameter(value, error, match):
     (np.ones((2, 3)), ValueError, r"positions must be a square \(m, m\)"),
     ([[1.0, np.nan], [np.nan, 1.0]], ValueError, "positions contains NaN"),
     ("decay", TypeError, "positions must be an"),
+    ({"kind": "rope"}, ValueError, "positions: unknown positional Gram kind 'rope'"),
+    ({"kind": "decay", "m": 3}, ValueError,
+     "positions: bad parameters for a decay positional Gram"),
 ])
 def test_bad_positions_name_the_parameter(value, error, match):
     with pytest.raises(error, match=match):

@@ -10,9 +10,10 @@ import pytest
 from scipy import integrate, stats
 
 import shapedsde as sd
-from shapedsde.blocks.base import Block
 from shapedsde.blocks.standard_mlp import arccos_kernel
 from shapedsde.network.simulate import initial_features
+
+from helpers import ToyBlock
 
 V3 = sd.default_covariance(3, 0.5)
 SHAPED = [sd.ShapedAttention(tau0=0.3, gamma=0.9), sd.ShapedAttention(heads=math.inf),
@@ -226,21 +227,8 @@ def test_standard_mlp_control_variate_has_mean_zero():
 
 # --- bad input ----------------------------------------------------------------------------------
 
-class _NoLimit(Block):
-    n_noise = 1
+class _NoLimit(ToyBlock):
     has_sde, has_reduced, has_nngp = True, False, False
-
-    def drift(self, V):
-        return V
-
-    def diffusion_cov(self, V):
-        return V
-
-    def noise_from(self, V, N):
-        return N[0]
-
-    def layer_with_control(self, key, X):
-        return X, X
 
 
 def test_bad_input_is_rejected_with_named_errors():

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ..validation import check_int
+from ..validation import check_int, from_kind
 
 
 @dataclass(frozen=True)
@@ -160,18 +160,8 @@ CONSTRUCTORS: dict[str, Callable[..., Mask]] = {
 def mask_from_config(spec: dict[str, Any], name: str = "mask") -> Mask:
     """The mask described by ``Mask.config()`` (a named pattern with its parameters, or
     ``{"kind": "custom", "pattern": [[...]]}``)."""
-    spec = dict(spec)
-    kind = spec.pop("kind", None)
-    if kind == "custom":
-        pattern = spec.pop("pattern", None)
-        return _validated(pattern, name, "custom", tuple(spec.items()))
-    if kind not in CONSTRUCTORS:
-        raise ValueError(f"{name}: unknown mask kind {kind!r}; choose from "
-                         f"{', '.join(['custom', *CONSTRUCTORS])}")
-    try:
-        return CONSTRUCTORS[kind](**spec)
-    except TypeError as err:
-        raise ValueError(f"{name}: bad parameters for a {kind} mask: {err}") from None
+    return from_kind(spec, name, "mask", CONSTRUCTORS, "pattern",
+                     lambda pattern, recorded: _validated(pattern, name, "custom", recorded))
 
 
 def as_mask(value: Any, name: str = "mask", **params: Any) -> Mask:

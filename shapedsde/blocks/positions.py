@@ -30,7 +30,7 @@ import equinox as eqx
 import numpy as np
 from jax import Array
 
-from ..validation import check_int, check_real
+from ..validation import check_int, check_real, from_kind
 
 
 def _checked_gram(values: Any, name: str) -> np.ndarray:
@@ -144,18 +144,8 @@ CONSTRUCTORS: dict[str, Callable[..., PositionGram]] = {
 
 def positions_from_config(spec: dict[str, Any], name: str = "positions") -> PositionGram:
     """The positional Gram described by ``PositionGram.config()``."""
-    spec = dict(spec)
-    kind = spec.pop("kind", None)
-    if kind == "custom":
-        gram = spec.pop("gram", None)
-        return PositionGram(gram, "custom", tuple(spec.items()), name=name)
-    if kind not in CONSTRUCTORS:
-        raise ValueError(f"{name}: unknown positional Gram kind {kind!r}; choose from "
-                         f"{', '.join(['custom', *CONSTRUCTORS])}")
-    try:
-        return CONSTRUCTORS[kind](**spec)
-    except TypeError as err:
-        raise ValueError(f"{name}: bad parameters for a {kind} Gram: {err}") from None
+    return from_kind(spec, name, "positional Gram", CONSTRUCTORS, "gram",
+                     lambda gram, recorded: PositionGram(gram, "custom", recorded, name=name))
 
 
 def as_positions(value: Any, name: str = "positions", **params: Any) -> PositionGram:
