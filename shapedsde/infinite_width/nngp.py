@@ -27,7 +27,7 @@ import numpy as np
 from jax import Array
 
 from .._batching import run_chunked
-from .._precision import resolve_dtype
+from .._precision import full_precision, resolve_dtype
 from ..analysis.trajectories import Trajectories
 from ..blocks import Block, normalized, traced_parameters
 from ..blocks.normalization import rms
@@ -54,6 +54,7 @@ def _start(V0: object, name: str, block: Block, dtype: str) -> Array:
 
 
 @eqx.filter_jit
+@full_precision
 def _kernel(block: Block, V0: Array, depth: int) -> Array:
     def step(V: Array, _: None) -> tuple[Array, Array]:
         V1 = block.nngp_layer(V)
@@ -97,6 +98,7 @@ def _checked_kernel(block: object, V0: object, name: str, depth: object, normali
 
 
 @eqx.filter_jit
+@full_precision
 def _random_recursion(block: Block, keys: Array, V0: Array, depth: int,
                       saved: tuple[int, ...]) -> tuple[Array]:
     """V at the ``saved`` layers of one n = infinity network per key, (len(keys), k, m, m):

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
+from .._precision import full_precision
 from ..blocks import Block, normalized
 from ..blocks.normalization import rms
 from ..validation import check_covariance, check_int, check_normalize, check_width
@@ -47,6 +48,7 @@ def one_layer_increments(block: Block, V: object, *, width: int, n_samples: int,
 
 
 @eqx.filter_jit
+@full_precision
 def _increments(block: Block, X0: Array, keys: Array, batch_size: int) -> tuple[Array, Array]:
     """Compiled once per (block, shapes): repeated calls reuse it."""
     V0 = gram(X0)

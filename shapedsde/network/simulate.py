@@ -29,7 +29,7 @@ from jax import Array
 from tqdm.auto import tqdm
 
 from .._batching import chunks, key_record, over_devices, padded_chunk_size, path_keys
-from .._precision import resolve_dtype
+from .._precision import full_precision, resolve_dtype
 from ..analysis.metrics import correlation
 from ..analysis.trajectories import Trajectories
 from ..blocks import Block, normalized, traced_parameters
@@ -76,6 +76,7 @@ def _covariance(Z: State, method: str) -> Array:
 
 
 @eqx.filter_jit
+@full_precision
 def _advance(block: Block, keys: Array, states: _NetworkState, first_layer: Array,
              n_layers: Array, width: Scalar, method: str,
              bound: Array) -> tuple[_NetworkState, Array]:

@@ -25,6 +25,7 @@ import numpy as np
 from jax import Array
 
 from .._batching import ChunkedResult, path_chunks
+from .._precision import full_precision
 from ..blocks import Block
 from ._brownian import MatrixBrownianPath
 from ._random import path_key_words
@@ -69,6 +70,7 @@ def solve(solver: Any, block: Block, V0: Array, save_ts: Array, steps_per_save: 
 
 
 @eqx.filter_jit
+@full_precision
 def _integrate(solver: Any, block: Block, keys: Array, V0: Array, save_ts: Array,
                steps_per_save: Array, brownian_dt: Array) -> tuple[Array, Array, Array]:
     """The paths of ``keys`` as one system of B paths: V at the saved times (B, n_save, m, m),

@@ -51,6 +51,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from .._batching import in_groups
+from .._precision import full_precision
 from ..blocks import Block
 from ._brownian import MAX_LEVEL
 from ._solvers import GuardedSolver, GuardState
@@ -86,6 +87,7 @@ def levels(drift_rate: Array) -> Array:
 
 
 @eqx.filter_jit  # one compilation on the first call, not one per operation
+@full_precision
 def calm_scale(drift: Callable[[Array], Array], V0: Array) -> Array:
     """Largest variance below which no path needs refinement: max diag V0 times
     max(2, sqrt(MAX_CHANGE / (r0 REFERENCE_STEP))), r0 the relative drift rate at V0, assuming
