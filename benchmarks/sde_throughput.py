@@ -232,7 +232,10 @@ def paired_times(fns: list[Callable[[int], object]], repeats: int) -> np.ndarray
 
 
 def matmul_peak(sizes: tuple[int, ...] = (256, 512, 1024, 2048)) -> float:
-    """Best float32 GFLOP/s of an n x n matrix product over ``sizes``."""
+    """Best float32 GFLOP/s of an n x n matrix product over ``sizes`` (and 4096, 8192 on an
+    accelerator), at JAX's default matmul precision."""
+    if jax.default_backend() != "cpu":
+        sizes = (*sizes, 4096, 8192)
     best = 0.0
     for n in sizes:
         a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)
@@ -252,18 +255,21 @@ def by_m_paths(m: int) -> int:
     return 256 if m <= 32 else 64 if m <= 64 else 16
 
 
-def measure_by_m(m: int, normalize: str | None, repeats: int) -> dict:
-    """``solve_sde`` (fixed dt = DT, n_save 2), the driver alone and the scan at m tokens."""
+def measure_by_m(m: int, normalize: str | None, repeats: int, n_paths: int | None = None,
+                 chunk_size: int = 1024) -> dict:
+    """``solve_sde`` (fixed dt = DT, n_save 2), the driver alone and the scan at m tokens, on
+    ``n_paths`` paths (default ``by_m_paths(m)``), ``chunk_size`` paths per compiled call."""
     from shapedsde.blocks import traced_parameters
     from shapedsde.sde import make_solver, solve
 
-    n_paths, n_steps = by_m_paths(m), round(T / DT)
+    n_paths, n_steps = n_paths or by_m_paths(m), round(T / DT)
     V0 = np.asarray(sd.default_covariance(m))
     block = sd.ShapedAttention(tau0=TAU0, gamma=GAMMA)
 
     def run(seed: int) -> sd.Trajectories:
         return sd.solve_sde(block, V0, T, key=jax.random.PRNGKey(seed), dt=DT, n_paths=n_paths,
-                            n_save=2, normalize=normalize, progress=False)
+                            n_save=2, normalize=normalize, chunk_size=chunk_size,
+                            progress=False)
 
     def library(seed: int) -> np.ndarray:
         return run(seed).V
@@ -280,7 +286,7 @@ def measure_by_m(m: int, normalize: str | None, repeats: int) -> dict:
 
     def driver(seed: int) -> np.ndarray:
         return solve(solver, stepped, V0_j, ts, n_steps, key=jax.random.PRNGKey(seed),
-                     n_paths=n_paths).V
+                     n_paths=n_paths, chunk_size=chunk_size).V
 
     driver(0)
     scan = scan_euler(V0, n_paths, n_steps)
@@ -289,7 +295,8 @@ def measure_by_m(m: int, normalize: str | None, repeats: int) -> dict:
     t_lib, t_drv, t_scan = paired.min(axis=0)
     path_steps = n_paths * n_steps
     return {"m": m, "normalize": normalize, "n_paths": n_paths, "n_steps": n_steps,
-            "solver": chosen, "pilot_paths": first_run.config["step_error"]["paths"],
+            "chunk_size": chunk_size, "solver": chosen,
+            "pilot_paths": first_run.config["step_error"]["paths"],
             "estimate_share": 1 - t_drv / t_lib,
             "estimate_share_median": float(np.median(1 - paired[:, 1] / paired[:, 0])),
             "first_call_s": first_s, "steady_s": t_lib, "driver_s": t_drv, "scan_s": t_scan,
@@ -345,6 +352,19 @@ def measure_setting(repeats: int) -> dict:
             "refinement_share_median": float(np.median(1 - paired[:, 2] / paired[:, 1]))}
 
 
+def measure_default_call(m: int) -> dict:
+    """The first ``solve_sde`` call at default arguments (dt=None: the step control chooses the
+    step; 1000 paths) at m tokens, compilation included."""
+    V0 = np.asarray(sd.default_covariance(m))
+    t0 = time.perf_counter()
+    traj = sd.solve_sde(sd.ShapedAttention(tau0=TAU0, gamma=GAMMA), V0, T,
+                        key=jax.random.PRNGKey(0))
+    elapsed = time.perf_counter() - t0
+    return {"m": m, "first_call_s": elapsed, "dt": traj.config["dt"],
+            "solver": traj.config["solver"],
+            "step_error": traj.config["step_error"].get("statement")}
+
+
 def main_by_m(args: argparse.Namespace, peak: float) -> None:
     suffix = "" if DEVICES == 1 else f"_{DEVICES}dev"
     out = Path(args.out or Path(__file__).parent / "results" / f"sde_throughput_by_m{suffix}.json")
@@ -353,8 +373,8 @@ def main_by_m(args: argparse.Namespace, peak: float) -> None:
           f"{'drv x':>6} {'est %':>6} {'GFLOP/s':>8} {'% peak':>6}")
     rows = []
     for m in args.ms or BY_M:
-        for normalize in (None, "rms"):
-            r = measure_by_m(m, normalize, args.repeats)
+        for normalize in [None if f == "raw" else "rms" for f in args.forms]:
+            r = measure_by_m(m, normalize, args.repeats, args.paths, args.chunk)
             rows.append(r)
             q = r["rate"]
             print(f"{m:>3} {normalize or 'raw':>4} {r['solver']:>10} {r['n_paths']:>5} "
@@ -417,9 +437,25 @@ def main() -> None:
                         "benchmarks/results/sde_throughput[_<N>dev].json)")
     parser.add_argument("--by-m", action="store_true", help="m = 2..128, raw and rms")
     parser.add_argument("--ms", type=int, nargs="*", help="with --by-m: these m only")
+    parser.add_argument("--paths", type=int, default=None,
+                        help="with --by-m: paths per call at every m (default 256 up to m = 32, "
+                        "64 at m = 64, 16 at m = 128: sized for 2 CPU cores)")
+    parser.add_argument("--chunk", type=int, default=1024,
+                        help="with --by-m: solve_sde's chunk_size (paths per compiled call)")
+    parser.add_argument("--forms", nargs="*", choices=("raw", "rms"), default=("raw", "rms"),
+                        help="with --by-m: these forms of the SDE only")
     parser.add_argument("--setting", action="store_true",
                         help="m = 8, 4000 paths, 500 steps, raw: ratio and refinement share")
+    parser.add_argument("--default-call", type=int, metavar="M", default=None,
+                        help="time the first solve_sde call at default arguments at M tokens")
     args = parser.parse_args()
+    if args.default_call:
+        r = measure_default_call(args.default_call)
+        print(json.dumps(r, indent=1), flush=True)
+        if args.out:
+            Path(args.out).write_text(json.dumps({"machine": machine(), "default_call": r},
+                                                 indent=1))
+        return
     if args.by_m or args.setting:
         peak = matmul_peak()
         print(f"matmul peak: {peak:.0f} GFLOP/s (float32)", flush=True)
