@@ -32,6 +32,8 @@ of ``flops_per_step`` against the measured float32 matmul peak (best of n x n pr
     .venv/bin/python benchmarks/sde_throughput.py --devices 2   # paths over 2 CPU devices
     .venv/bin/python benchmarks/sde_throughput.py --by-m        # m = 2..128, raw and "rms"
     .venv/bin/python benchmarks/sde_throughput.py --setting     # m = 8, 4000 paths, refinement
+    .venv/bin/python benchmarks/sde_throughput.py --default-call 128   # first call, defaults
+    bash benchmarks/gpu_table.sh      # on a GPU: --by-m with --paths 4096 --chunk 4096, ...
 
 Results are printed and written to benchmarks/results/sde_throughput[_by_m|_setting].json.
 
