@@ -15,7 +15,6 @@ from typing import Any
 
 import equinox as eqx
 import jax
-import numpy as np
 import pytest
 
 import shapedsde as sd
@@ -74,11 +73,12 @@ def test_every_matrix_product_is_at_full_precision(monkeypatch: pytest.MonkeyPat
 def test_without_full_precision_the_products_are_at_the_default() -> None:
     """Control: the SDE's function compiled without ``full_precision`` lowers its products at
     the backend's default, which the check above rejects."""
-    plain = eqx.filter_jit(_driver._integrate.__wrapped__.__wrapped__)
+    wrapped = _driver._integrate
+    plain = eqx.filter_jit(wrapped.__wrapped__.__wrapped__)
     with pytest.MonkeyPatch.context() as patch:
         dots = _lowered_dots(patch, _driver, "_integrate", ENTRIES["sde"][2], compiled=plain)
     assert dots and not any("HIGHEST" in line for line in dots)
-    assert np.isfinite(ENTRIES["sde"][2]().V).all()  # and the patch is undone
+    assert _driver._integrate is wrapped  # the other tests see the package's function
 
 
 def test_every_compiled_function_of_the_package_is_traced_at_full_precision() -> None:
