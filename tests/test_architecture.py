@@ -86,6 +86,14 @@ def test_capabilities_are_declared():
     assert (standard.has_sde, standard.has_reduced, standard.has_nngp) == (False, True, True)
     assert shaped.has_noise_factor and not causal.has_noise_factor
     assert not sd.Serial(sd.ShapedMLP(), causal).has_noise_factor
+    # the whole drift is a congruence direction for attention alone, not with an MLP
+    assert sd.ShapedAttention().drift_is_congruence and not causal.drift_is_congruence
+    assert not shaped.drift_is_congruence and not sd.ShapedMLP().drift_is_congruence
+    assert sd.Serial(sd.ShapedAttention(), sd.ShapedAttention(heads=2)).drift_is_congruence
+    assert sde_package.solver_class("congruence", sd.ShapedAttention()) \
+        is sde_package.RootCongruenceEuler
+    assert sde_package.solver_class("congruence", shaped) is sde_package.CongruenceEuler
+    assert sde_package.solver_class("euler", sd.ShapedAttention()) is sde_package.GuardedEuler
     assert causal.max_heads == 3 and sd.Serial(sd.ShapedMLP(), causal).max_heads == 3
     assert sd.ShapedAttention(heads=math.inf).max_heads == 1
     with pytest.raises(sd.NoSDELimitError, match="StandardAttention"):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import math
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -118,9 +119,8 @@ def test_refined_step_redoes_the_hot_paths_where_its_state_says():
     words = jnp.array([[3, 7], [11, 5], [1, 2], [9, 4]], jnp.uint32)
     terms = covariance_terms(hot, MatrixBrownianPath(words, 1 / 256, hot.n_noise, 2, "float32"))
     y, (state, _) = refined.start(V0, 4)
-    scale = jnp.array([3.0, 1.0, 1.0, 1.0])[:, None, None]  # level 3 at the start
-    y = y * scale
-    state = state._replace(L=state.L * jnp.sqrt(scale), LT=state.LT * jnp.sqrt(scale))
+    assert isinstance(refined.solver, sd.sde.RootCongruenceEuler)  # its state y is a root of V
+    y = y * jnp.sqrt(jnp.array([3.0, 1.0, 1.0, 1.0])[:, None, None])  # level 3 at the start
 
     @eqx.filter_jit  # one compilation: op by op, the step's loops compile one by one
     def steps(refined, terms, y, state, hot, calm):
@@ -143,7 +143,8 @@ def test_diffeqsolve_runs_the_package_solvers_as_the_driver_does(solver):
     package's solvers on its terms and Brownian path and gives the driver's paths (float64,
     hot attention; diffrax accumulates its step times with its own rounding, so equal to
     1e-9): the guarded Euler alone, and the congruence step inside the refinement wrapper
-    with refinement at work. diffrax's own Euler runs on the same terms and path too:
+    with refinement at work (its state is a root of V, saved as V by ``SaveAt``'s ``fn``,
+    as the driver saves it). diffrax's own Euler runs on the same terms and path too:
     unguarded, it agrees with the guarded Euler on the paths that stay inside the PSD cone
     and below the bound."""
     import diffrax
@@ -164,9 +165,10 @@ def test_diffeqsolve_runs_the_package_solvers_as_the_driver_does(solver):
         terms = covariance_terms(hot, MatrixBrownianPath(words, T / steps, 2, 3, "float64"))
         y0 = step_solver.start(V0, n)[0]
 
-        def with_diffrax(diffrax_solver):
+        def with_diffrax(diffrax_solver, covariance=step_solver.covariance):
+            saveat = diffrax.SaveAt(ts=ts, fn=lambda t, y, args: covariance(y))
             solution = diffrax.diffeqsolve(terms, diffrax_solver, 0.0, T, T / steps, y0,
-                                           saveat=diffrax.SaveAt(ts=ts),
+                                           saveat=saveat,
                                            stepsize_controller=diffrax.ConstantStepSize(),
                                            max_steps=steps + 1)
             return np.swapaxes(np.asarray(solution.ys), 0, 1)
@@ -175,11 +177,90 @@ def test_diffeqsolve_runs_the_package_solvers_as_the_driver_does(solver):
         if solver == "euler":
             inside = (ours.repairs == 0) & (ours.t_explode < 0)
             assert inside.sum() >= n // 2
-            plain = with_diffrax(diffrax.Euler())
+            plain = with_diffrax(diffrax.Euler(), lambda y: y)
             np.testing.assert_allclose(plain[inside], ours.V[inside], rtol=1e-9, atol=1e-12)
         else:
             peak = np.diagonal(ours.V, axis1=2, axis2=3).max(axis=(1, 2))
             assert (peak > float(refined.calm)).any()  # paths in the refinement's range
+
+
+def _root(m: int, seed: int) -> np.ndarray:
+    """A square root of a random correlation-like V that is not triangular (L Q, Q
+    orthogonal): the root solver's state is any root, not a Cholesky factor."""
+    rng = np.random.default_rng(seed)
+    A = rng.standard_normal((m, m))
+    L = np.linalg.cholesky(A @ A.T / m + 0.2 * np.eye(m))
+    return L @ np.linalg.qr(rng.standard_normal((m, m)))[0]
+
+
+@pytest.mark.parametrize("block, m", [
+    (sd.ShapedAttention(tau0=0.8, gamma=0.6), 5),
+    (sd.ShapedAttention(tau0=0.8, gamma=0.6, heads=3), 20),
+    (sd.ShapedAttention(heads=math.inf), 6),
+    (sd.ShapedAttention(mask=sd.padding_mask(6, 4), heads=2, tau0=0.8, gamma=0.6), 6),
+    (sd.Serial(sd.ShapedAttention(gamma=0.3), sd.ShapedAttention(gamma=0.4, heads=2)), 9),
+])
+def test_root_coefficients_are_the_congruence_parts_of_v(block, m):
+    """``root_coefficients`` (B L, G, kappa from a root L alone, B L in O(m^2)) equals B @ L
+    and ``noise_factor``'s (G, kappa) of V = L L^T (float64); the check rejects the same
+    parts of a block whose gamma is 1% off (control)."""
+    with float64():
+        L = jnp.asarray(_root(m, m))
+        dW = jax.random.normal(jax.random.key(m), (block.n_noise, m, m), jnp.float64)
+        V = L @ L.T
+
+        def parts(block):
+            B, R = block.drift_split(V)
+            assert R is None
+            return (B @ L, *block.noise_factor(V, L, dW))
+
+        ours = jax.jit(block.root_coefficients)(L, dW)
+        wanted = parts(block)
+        off = parts(eqx.tree_at(lambda b: b.gamma, block, block.gamma * 1.01)
+                    if not isinstance(block, sd.Serial) else
+                    sd.Serial(*(eqx.tree_at(lambda b: b.gamma, x, x.gamma * 1.01)
+                                for x in block.layers)))
+    assert block.drift_is_congruence
+    for have, want, wrong in zip(ours, wanted, off, strict=True):
+        np.testing.assert_allclose(have, want, rtol=1e-12, atol=1e-13)
+        assert not np.allclose(have, wrong, rtol=1e-6, atol=1e-8)
+
+
+def test_root_coefficients_refuse_a_drift_that_is_no_congruence():
+    causal = sd.ShapedAttention(causal=True)
+    assert not causal.drift_is_congruence
+    L = jnp.eye(3)
+    with pytest.raises(ValueError, match="not a congruence direction"):
+        causal.root_coefficients(L, jnp.zeros((2, 3, 3)))
+
+
+@pytest.mark.parametrize("normalized", [False, True])
+def test_root_congruence_paths_are_the_congruence_paths(normalized):
+    """The root solver (state L, three products a step) and ``CongruenceEuler`` (state V) are
+    one scheme: the same paths of a key to rounding (float64), raw with hot attention whose
+    paths are refined and blow up (the same blow-up times), and "rms" at 12 tokens. Its
+    state's rows normalised, V's diagonal is exactly 1."""
+    from shapedsde.sde import CongruenceEuler, Refined, RootCongruenceEuler, calm_scale, solve
+
+    block = sd.ShapedAttention() if normalized else sd.ShapedAttention(tau0=0.3, gamma=0.9)
+    m = 12 if normalized else 3
+    with float64():
+        V0 = jnp.asarray(sd.default_covariance(m), jnp.float64)
+        ts = jnp.asarray([0.0, 1.0, 2.0])
+        out = []
+        for cls in (CongruenceEuler, RootCongruenceEuler):
+            solver = cls(normalized=normalized, bound=jnp.asarray(1e3, jnp.float64))
+            if not normalized:
+                solver = Refined(solver, calm_scale(block.drift, V0))
+            out.append(solve(solver, block, V0, ts, 32, key=jax.random.key(7), n_paths=32))
+    V, root = out
+    if normalized:
+        np.testing.assert_array_equal(np.diagonal(root.V, axis1=2, axis2=3), 1.0)
+    else:
+        assert 0 < (root.t_explode >= 0).sum() < 32  # hot: some paths blow up, not all
+    np.testing.assert_array_equal(root.t_explode, V.t_explode)
+    np.testing.assert_allclose(root.V, V.V, rtol=1e-9, atol=1e-12)
+    assert root.repairs.sum() == 0
 
 
 def test_first_path_continues_the_same_run():

@@ -473,19 +473,55 @@ class ShapedAttention(AbstractAttention):
         """G = c_1 dW_1 + c_2 dW_2 K / k (see ``noise``) and kappa = c_1^2 m + c_2^2
         ||K||_F^2 / k^2 (E[dW_i A A^T dW_i^T] = tr(A A^T) dt I), K = (C L)^T (C L); only where
         every row has the same allowed keys and there are no positions (``has_noise_factor``)."""
-        layout = self._layout()
-        if layout == "general":
+        if self._layout() == "general":
             return super().noise_factor(V, L, dW)
-        m = V.shape[0]
+        CL, k = self._centred_root(L)
+        return self._noise_factor_from_gram(dW, _gram(CL), k)
+
+    @property
+    def drift_is_congruence(self) -> bool:
+        """Where the noise has its congruence form, so has the whole drift (``drift_split``)."""
+        return self.has_noise_factor
+
+    def root_coefficients(self, L: Array, dW: Array) -> tuple[Array, Array, Array]:
+        """(B L, G, kappa) from L alone, in two m x m products (K and dW_2 K): with C L the
+        centred root (H L without mask), C V C = (C L)(C L)^T, so diag V and diag(C V C) are
+        row norms, and ||C V C||_F = ||K||_F with K = (C L)^T (C L), the Gram of the noise;
+        B L = gamma^2 / tau0^2 (a (beta^T L) / (2k) + s L / 2) costs O(m^2) (``drift_split``
+        for a, beta, s)."""
+        if self._layout() == "general":
+            return super().root_coefficients(L, dW)
+        m = L.shape[0]
+        CL, k = self._centred_root(L)
+        K = _gram(CL)
+        ones = jnp.ones((m,), L.dtype)
+        a = (L * L) @ ones  # diag V (sums as products: see linalg.total)
+        d = (CL * CL) @ ones  # diag(C V C), zero outside the allowed keys
+        row = self._uniform_row()
+        beta = d - total(d) / k
+        if row is not None:
+            beta = jnp.asarray(row, L.dtype) * beta
+        s = total(K * K) / k**2
+        BL = self.gamma**2 / self.tau0**2 * (a[:, None] * (beta @ L)[None, :] / (2 * k)
+                                             + 0.5 * s * L)
+        return (BL, *self._noise_factor_from_gram(dW, K, k))
+
+    def _centred_root(self, L: Array) -> tuple[Array, float]:
+        """(C L, k): the rows of a root L of V centred over the k allowed keys (C = H, k = m
+        without mask)."""
+        if self._layout() == "uniform":
+            self.check_tokens(L.shape[0])
+            row = self._uniform_row()
+            k = float(np.sum(row))
+            Mv = jnp.asarray(row, L.dtype)
+            return (jnp.diag(Mv) - jnp.outer(Mv, Mv) / k) @ L, k
+        return _centre_columns(L), L.shape[0]
+
+    def _noise_factor_from_gram(self, dW: Array, K: Array, k: float) -> tuple[Array, Array]:
+        """(G, kappa) of ``noise_factor`` from the Gram K = (C L)^T (C L)."""
         G = self._lin_scale * dW[0]
-        kappa = self._lin_scale**2 * m
+        kappa = self._lin_scale**2 * K.shape[0]
         if self.heads != math.inf:
-            if layout == "uniform":
-                *_, C, k = self._uniform_parts(V)
-                CL = C @ L
-            else:
-                CL, k = _centre_columns(L), m
-            K = _gram(CL)
             G = G + self._attention_scale / k * matmul(dW[1], K)
             kappa = kappa + (self._attention_scale / k) ** 2 * total(K * K)
         return G, kappa

@@ -32,7 +32,7 @@ import numpy as np
 from equinox import AbstractClassVar
 from jax import Array
 
-from ..linalg import congruence
+from ..linalg import congruence, matmul
 from ._reduced import Scalar, scalar_sqrt
 
 
@@ -62,6 +62,13 @@ class Block(eqx.Module):
     def has_noise_factor(self) -> bool:
         """Whether ``drift_split`` and ``noise_factor`` give the congruence form of a step
         (``shapedsde.sde.CongruenceEuler``). None unless a block declares it."""
+        return False
+
+    @property
+    def drift_is_congruence(self) -> bool:
+        """Whether, besides ``has_noise_factor``, the whole drift is a congruence direction
+        (``drift_split``'s R is None): then a congruence step needs only a root L of V, and
+        ``root_coefficients`` gives its parts from L (``shapedsde.sde.RootCongruenceEuler``)."""
         return False
 
     @property
@@ -136,6 +143,20 @@ class Block(eqx.Module):
         second by its mean kappa dt V, which changes the law of a step only at O(dt^2)."""
         raise ValueError(f"{type(self).__name__} with these options has no congruence form "
                          "of its noise (has_noise_factor is False)")
+
+    def root_coefficients(self, L: Array, dW: Array) -> tuple[Array, Array, Array]:
+        """(B L, G, kappa) of the congruence step from a root L of V alone (L L^T = V), where
+        ``drift_is_congruence``. Default: V = L L^T formed and the parts of ``drift_split``
+        and ``noise_factor``; blocks whose B has structure override it (shaped attention: B is
+        rank one plus a multiple of I, and its drift reads V only through O(m^2) sums of L
+        and the Gram that its noise needs anyway)."""
+        V = matmul(L, L.T)
+        B, R = self.drift_split(V)
+        if R is not None:
+            raise ValueError(f"{type(self).__name__} with these options has a drift that is "
+                             "not a congruence direction (drift_is_congruence is False)")
+        G, kappa = self.noise_factor(V, L, dW)
+        return matmul(B, L), G, kappa
 
     # -- finite width ---------------------------------------------------------------------
     @abc.abstractmethod

@@ -62,6 +62,10 @@ class Serial(Block):
         return all(layer.has_noise_factor for layer in self.layers)
 
     @property
+    def drift_is_congruence(self) -> bool:
+        return all(layer.drift_is_congruence for layer in self.layers)
+
+    @property
     def max_heads(self) -> int:
         return max(layer.max_heads for layer in self.layers)
 
@@ -161,6 +165,11 @@ class Serial(Block):
         factors = [layer.noise_factor(V, L, dW[part])
                    for layer, part in zip(self.layers, self._noise_slices(), strict=True)]
         return sum(G for G, _ in factors), sum(kappa for _, kappa in factors)
+
+    def root_coefficients(self, L: Array, dW: Array) -> tuple[Array, Array, Array]:
+        parts = [layer.root_coefficients(L, dW[part])
+                 for layer, part in zip(self.layers, self._noise_slices(), strict=True)]
+        return tuple(sum(p[i] for p in parts) for i in range(3))  # type: ignore[return-value]
 
     def config(self) -> dict[str, Any]:
         return {"kind": "Serial", "layers": [layer.config() for layer in self.layers]}

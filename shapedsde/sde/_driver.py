@@ -129,4 +129,4 @@ def _integrate(solver: Any, block: Block, keys: Array, V0: Array, save_ts: Array
     body = refined_steps if solver.refines else step
     _, _, state, saved = jax.lax.while_loop(lambda c: c[0] < n_steps, body, carry)
     guard = solver.guard_state(state)
-    return jnp.swapaxes(saved, 0, 1), guard.t_explode, guard.repairs
+    return jnp.swapaxes(solver.covariance(saved), 0, 1), guard.t_explode, guard.repairs

@@ -103,18 +103,19 @@ def _rate(block: Block, V: Array) -> Array:
     return jnp.max(jnp.abs(block.drift(V))) / jnp.max(jnp.diagonal(V))
 
 
-def may_need_refinement(V: Array, state: GuardState, calm: Array) -> Array:
-    """Paths (B,) alive with their largest variance above ``calm`` (``calm_scale``): below it
-    the drift needs no refinement."""
-    return (state.t_explode < 0) & (jnp.max(jnp.diagonal(V, axis1=1, axis2=2), axis=1) > calm)
+def may_need_refinement(variances: Array, state: GuardState, calm: Array) -> Array:
+    """Paths (B,) alive with their largest variance (of ``variances``, (B, m)) above ``calm``
+    (``calm_scale``): below it the drift needs no refinement."""
+    return (state.t_explode < 0) & (jnp.max(variances, axis=1) > calm)
 
 
-def _levels_of(block: Block, V: Array, grown: Array) -> Array:
-    """``levels`` (B,) of the ``grown`` paths of the batch (0 elsewhere), their drifts evaluated
-    in groups of LEVEL_GROUP: only those paths cost a drift evaluation."""
+def _levels_of(block: Block, solver: GuardedSolver, y: Array, grown: Array) -> Array:
+    """``levels`` (B,) of the ``grown`` paths of the batch of states y (0 elsewhere), their
+    drifts evaluated in groups of LEVEL_GROUP: only those paths cost a drift evaluation (and,
+    for a solver whose state is a root, the product that forms V)."""
 
     def chunk(idx: Array, todo: Array, level: Array) -> tuple[Array, Array]:
-        rate = jax.vmap(functools.partial(_rate, block))(V[idx])
+        rate = jax.vmap(functools.partial(_rate, block))(solver.covariance(y[idx]))
         return level.at[idx].set(jnp.where(todo, levels(rate), level[idx])), todo
 
     return in_groups(grown.astype(jnp.int32), LEVEL_GROUP, chunk,
@@ -166,6 +167,9 @@ class Refined(diffrax.AbstractItoSolver):
     def guard_state(self, solver_state: tuple[GuardState, Array]) -> GuardState:
         return solver_state[0]
 
+    def covariance(self, y: Array) -> Array:
+        return self.solver.covariance(y)
+
     def init(self, terms: Any, t0: Array, t1: Array, y0: Array,
              args: Any) -> tuple[GuardState, Array]:
         """The wrapped solver's state, and whether some path may need refinement."""
@@ -178,7 +182,7 @@ class Refined(diffrax.AbstractItoSolver):
 
     def hot(self, y: Array, state: GuardState) -> Array:
         """Whether some path of (y, the wrapped solver's state) may need refinement."""
-        return jnp.any(may_need_refinement(y, state, self.calm))
+        return jnp.any(may_need_refinement(self.solver.variances(y), state, self.calm))
 
     def step(self, terms: Any, t0: Array, t1: Array, y0: Array, args: Any,
              solver_state: tuple[GuardState, Array], made_jump: Any) -> Any:
@@ -210,8 +214,8 @@ class Refined(diffrax.AbstractItoSolver):
         numbers of substeps), each on its own Brownian path and to its own depth: a path does
         not depend on the paths it is grouped with. Paths at level 0 keep their plain step."""
         y0, state0 = start
-        grown = may_need_refinement(y0, state0, self.calm)
-        level = _levels_of(unwrapped(terms.terms[0]).block, y0, grown)
+        grown = may_need_refinement(self.solver.variances(y0), state0, self.calm)
+        level = _levels_of(unwrapped(terms.terms[0]).block, self.solver, y0, grown)
         depth = jnp.minimum(level + HEADROOM, MAX_LEVEL)
         step_path = unwrapped(terms.terms[1]).path.within(t0, t1)
 
@@ -252,7 +256,7 @@ class Refined(diffrax.AbstractItoSolver):
 
         def substep(carry: tuple[Array, Array, GuardState]) -> tuple[Array, Array, GuardState]:
             p, y, state = carry
-            k = jnp.minimum(levels(_rate(block, y[0])), depth)
+            k = jnp.minimum(levels(_rate(block, self.solver.covariance(y)[0])), depth)
             aligned = jnp.where(p == 0, depth, jax.lax.population_count((p & -p) - 1))
             w = jnp.left_shift(1, jnp.minimum(depth - k, aligned))  # units in the substep
             s1 = jnp.where(p + w == n, h, (p + w).astype(h.dtype) * unit)

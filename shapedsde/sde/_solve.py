@@ -73,7 +73,7 @@ from ..validation import (
 from ._brownian import MAX_FLOAT32_STEPS
 from ._driver import Solution, solve
 from ._refinement import Refined, calm_scale
-from ._solvers import SOLVERS, GuardedSolver
+from ._solvers import SOLVERS, GuardedSolver, solver_class
 from ._step_error import CROSSING_TOL, StepError, Z, consistent, estimate, extrapolate
 
 SCHEMES = ("project", "ito")
@@ -124,7 +124,7 @@ def make_solver(name: str, block: Block, V0: Array, *, normalized: bool,
     """The solver ``name`` ("euler" or "congruence") for the SDE of ``block`` from V0: with the
     guard's normalisation and blow-up ``bound``, wrapped in ``Refined`` where the SDE can blow
     up (un-normalised)."""
-    solver = SOLVERS[name](normalized=normalized, bound=bound)
+    solver = solver_class(name, block)(normalized=normalized, bound=bound)
     return solver if normalized else Refined(solver, calm_scale(block.drift, V0))
 
 

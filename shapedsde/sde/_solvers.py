@@ -101,6 +101,15 @@ class GuardedSolver(diffrax.AbstractItoSolver):
              solver_state: GuardState, made_jump: Any) -> _Step:
         """One step of every path, then ``guard``."""
 
+    def covariance(self, y: Array) -> Array:
+        """V of states y (..., m, m): the state is V itself (``RootCongruenceEuler``'s is a
+        root of V)."""
+        return y
+
+    def variances(self, y: Array) -> Array:
+        """diag V of states y (..., m)."""
+        return jnp.diagonal(y, axis1=-2, axis2=-1)
+
     def guard(self, t1: Array, y0: Array, V1: Array, L1: Array | None,
               state: GuardState) -> _Step:
         """Put the proposed V1 (its lower triangle is read) on the state space, freeze the
@@ -114,16 +123,24 @@ class GuardedSolver(diffrax.AbstractItoSolver):
             if self.normalized:
                 V1, L1 = rms_state(V1, L1)
         # on the PSD state max_a V_aa = max_ab |V_ab|, and reads m entries, not m^2
-        too_big = ~(jnp.max(jnp.diagonal(V1, axis1=1, axis2=2), axis=1) <= self.bound)
-        bad = too_big | broken
+        peak = jnp.max(jnp.diagonal(V1, axis1=1, axis2=2), axis=1)
+        return self.settle(t1, y0, mirror_lower(V1), peak, broken, repaired, state, L1)
+
+    def settle(self, t1: Array, y0: Array, y1: Array, peak: Array, broken: Array,
+               repaired: Array, state: GuardState, L1: Array | None) -> _Step:
+        """Take the proposed states y1 of the paths that are alive and stay below the bound
+        (``peak``: their max_a V_aa) and not ``broken``; freeze the others at y0 and record
+        when they blew up."""
+        alive = state.t_explode < 0
+        bad = ~(peak <= self.bound) | broken
         keep = (alive & ~bad)[:, None, None]
-        V = jnp.where(keep, mirror_lower(V1), y0)
+        y = jnp.where(keep, y1, y0)
         state = GuardState(
-            L=jnp.where(keep, L1, state.L),
-            LT=jnp.where(keep, jnp.swapaxes(L1, 1, 2), state.LT),
+            L=None if L1 is None else jnp.where(keep, L1, state.L),
+            LT=None if L1 is None else jnp.where(keep, jnp.swapaxes(L1, 1, 2), state.LT),
             t_explode=jnp.where(alive & bad, jnp.asarray(t1, y0.dtype), state.t_explode),
             repairs=state.repairs + (keep[:, 0, 0] & repaired).astype(state.repairs.dtype))
-        return V, None, dict(y0=y0, y1=V), state, diffrax.RESULTS.successful
+        return y, None, dict(y0=y0, y1=y), state, diffrax.RESULTS.successful
 
 
 class GuardedEuler(GuardedSolver):
@@ -162,7 +179,70 @@ class CongruenceEuler(GuardedSolver):
         return self.guard(t1, y0, V1, L1, solver_state)
 
 
+class RootCongruenceEuler(GuardedSolver):
+    """``CongruenceEuler`` where the whole drift is a congruence direction (R = 0,
+    ``Block.drift_is_congruence``: shaped attention without mask or with padding), whose state
+    is the root itself: y = L, V = L L^T (formed only where it is saved, ``covariance``),
+
+        L' = (L + B L dt)(I + G) / sqrt(1 + kappa dt),
+
+    with B L, G and kappa from L alone (``Block.root_coefficients``: two m x m products for
+    shaped attention, B L in O(m^2)): three products per step, where ``CongruenceEuler``
+    takes five (B L, and V' = L' L'^T for the next step's drift). The same scheme: its paths
+    are ``CongruenceEuler``'s up to rounding. The guard reads max_a V_aa as the largest row
+    norm of L' and normalises by scaling its rows; nothing leaves the cone, so nothing is
+    repaired, and the solver state keeps no second copy of L."""
+
+    def init(self, terms: Any, t0: Array, t1: Array, y0: Array, args: Any) -> GuardState:
+        zeros = jnp.zeros(y0.shape[0], y0.dtype)
+        return GuardState(None, None, zeros - 1, jnp.zeros(y0.shape[0], jnp.int32))
+
+    def start(self, V0: Array, n_paths: int) -> tuple[Array, GuardState]:
+        """The root of V0 on the state space, factorised once, for ``n_paths`` paths."""
+        L = on_state_space(sym(V0[None]), self.normalized, jnp.ones(1, bool))[1]
+        y0 = jnp.broadcast_to(L, (n_paths, *V0.shape))
+        return y0, self.init(None, None, None, y0, None)
+
+    def covariance(self, y: Array) -> Array:
+        V = y @ jnp.swapaxes(y, -1, -2)
+        if self.normalized:  # the rows of L have norm 1 up to rounding
+            V = jnp.where(jnp.eye(V.shape[-1], dtype=bool), jnp.ones((), V.dtype), V)
+        return V
+
+    def variances(self, y: Array) -> Array:
+        return jnp.sum(y * y, axis=-1)
+
+    def step(self, terms: Any, t0: Array, t1: Array, y0: Array, args: Any,
+             solver_state: GuardState, made_jump: Any) -> _Step:
+        drift, noise = terms.terms
+        dt, dW = drift.contr(t0, t1), noise.contr(t0, t1)
+        block = unwrapped(drift).block
+
+        def one(L: Array, dW: Array) -> Array:
+            BL, G, kappa = block.root_coefficients(L, dW)
+            eye = jnp.eye(L.shape[0], dtype=L.dtype)
+            return matmul(L + dt * BL, eye + G) * jax.lax.rsqrt(1.0 + kappa * dt)
+
+        L1 = jax.vmap(one)(y0, dW)
+        ones = jnp.ones(L1.shape[-1], L1.dtype)
+        norms = (L1 * L1) @ ones  # (B, m): diag V' (a product: see linalg.total)
+        broken = ~jnp.all(jnp.isfinite(norms), axis=1)
+        if self.normalized:
+            L1 = L1 * jax.lax.rsqrt(jnp.clip(norms, jnp.finfo(L1.dtype).tiny))[:, :, None]
+            norms = jnp.ones_like(norms)
+        return self.settle(t1, y0, L1, jnp.max(norms, axis=1), broken,
+                           jnp.zeros_like(broken), solver_state, None)
+
+
 SOLVERS = {"euler": GuardedEuler, "congruence": CongruenceEuler}
+
+
+def solver_class(name: str, block: Any) -> type[GuardedSolver]:
+    """The solver class of ``name`` for ``block``: "congruence" steps the root alone
+    (``RootCongruenceEuler``) where the block declares ``drift_is_congruence``."""
+    if name == "congruence" and block.drift_is_congruence:
+        return RootCongruenceEuler
+    return SOLVERS[name]
 
 
 _REPAIR_GROUP = 8  # paths repaired per eigh call
