@@ -40,7 +40,7 @@ Results are printed and written to benchmarks/results/sde_throughput[_by_m|_sett
 ``--by-m`` (issue 26): for every m in BY_M and both forms of the SDE (raw, "rms"), the first
 ``solve_sde`` call at a fixed step (a fresh compilation for each (m, form), in this process),
 then rounds that alternate ``solve_sde``, the driver's solve of the same paths with the solver
-``solve_sde`` chose ("auto": congruence beyond 8 tokens) alone (``shapedsde.sde.solve``: no
+``solve_sde`` chose ("auto": congruence from 8 tokens on) alone (``shapedsde.sde.solve``: no
 pilot solve at twice the step, no estimate) and the scan; rates are path-steps of the run's
 own grid per second (the pilot's solve at twice the step is counted as work ``solve_sde``
 does, not as path-steps); "est %" is the median over rounds of 1 - driver / ``solve_sde``,
@@ -93,6 +93,13 @@ def flops_per_step(m: int) -> float:
     (L dW L^T twice, N_2 H V once) at 2 m^3 each, a Cholesky (m^3 / 3) and O(m^2) elementwise work
     (drift, centring, symmetrisation), counted as 20 m^2."""
     return 5 * 2 * m**3 + m**3 / 3 + 20 * m**2
+
+
+def solver_flops_per_step(m: int, solver: str) -> float:
+    """Useful flops of one step of ``solve_sde``'s solver for shaped attention without mask:
+    Euler as ``flops_per_step``; the congruence step on the root (``RootCongruenceEuler``)
+    3 products (K = (H L)^T (H L), dW_2 K, L' (I + G)), no Cholesky, O(m^2) work as 20 m^2."""
+    return flops_per_step(m) if solver == "euler" else 3 * 2 * m**3 + 20 * m**2
 
 
 # -- (a) plain JAX Euler --------------------------------------------------------------------
@@ -307,7 +314,7 @@ def measure_by_m(m: int, normalize: str | None, repeats: int, n_paths: int | Non
             "ratio_scan": t_scan / t_lib, "ratio_scan_median":
                 float(np.median(paired[:, 2] / paired[:, 0])),
             "driver_ratio_scan": t_scan / t_drv,
-            "gflops": path_steps / t_drv * flops_per_step(m) / 1e9,
+            "gflops": path_steps / t_drv * solver_flops_per_step(m, chosen) / 1e9,
             "finite_fraction_library": float(np.mean(np.isfinite(first).all(axis=(1, 2, 3))))}
 
 
@@ -321,13 +328,19 @@ def measure_setting(repeats: int) -> dict:
     V0 = 0.7 * np.eye(m) + 0.3
     block = sd.ShapedAttention(tau0=TAU0, gamma=GAMMA)
 
-    def library(seed: int) -> np.ndarray:
+    def run(seed: int) -> sd.Trajectories:
         return sd.solve_sde(block, V0, T, key=jax.random.PRNGKey(seed), dt=1 / n_steps,
-                            n_paths=n_paths, n_save=2, progress=False).V
+                            n_paths=n_paths, n_save=2, progress=False)
 
+    def library(seed: int) -> np.ndarray:
+        return run(seed).V
+
+    t0 = time.perf_counter()
+    chosen = run(0).config["solver"]
+    first_s = time.perf_counter() - t0
     stepped = traced_parameters(block, jnp.float32)
     V0_j = jnp.asarray(V0, jnp.float32)
-    refined = make_solver("euler", stepped, V0_j, normalized=False,
+    refined = make_solver(chosen, stepped, V0_j, normalized=False,
                           bound=jnp.asarray(1e3, jnp.float32))
     ts = jnp.asarray([0.0, T], jnp.float32)
 
@@ -335,9 +348,6 @@ def measure_setting(repeats: int) -> dict:
         return lambda seed: solve(solver, stepped, V0_j, ts, n_steps,
                                   key=jax.random.PRNGKey(seed), n_paths=n_paths).t_explode
 
-    t0 = time.perf_counter()
-    library(0)
-    first_s = time.perf_counter() - t0
     with_refinement, without = driver(refined), driver(refined.solver)
     with_refinement(0), without(0)
     scan = scan_euler(V0, n_paths, n_steps)
@@ -345,7 +355,8 @@ def measure_setting(repeats: int) -> dict:
     paired = paired_times([library, with_refinement, without,
                            lambda s: scan(jax.random.PRNGKey(s))], repeats)
     t_lib, t_ref, t_plain, t_scan = paired.min(axis=0)
-    return {"m": m, "n_paths": n_paths, "n_steps": n_steps, "first_call_s": first_s,
+    return {"m": m, "n_paths": n_paths, "n_steps": n_steps, "solver": chosen,
+            "first_call_s": first_s,
             "steady_s": t_lib, "driver_refined_s": t_ref, "driver_plain_s": t_plain,
             "scan_s": t_scan, "ratio_scan": t_scan / t_lib,
             "ratio_scan_median": float(np.median(paired[:, 3] / paired[:, 0])),

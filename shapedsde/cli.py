@@ -300,7 +300,7 @@ def _common_options() -> argparse.ArgumentParser:
                           "construction), 'euler' (Euler-Maruyama with a PSD repair), or "
                           "'auto': congruence where the block has that form (shaped attention "
                           "without a mask, the shaped MLP, their Transformer block) and its "
-                          "attention is hot (gamma^2 / tau0^2 >= 1) or there are more than 8 "
+                          "attention is hot (gamma^2 / tau0^2 >= 1) or there are more than 7 "
                           "tokens, else euler")
     run.add_argument("--n-save", type=int, default=N_SAVE,
                      help="number of evenly spaced saved times, including 0 and T")

@@ -190,7 +190,7 @@ def test_help_texts_state_each_default_once_and_the_solver_rule():
     helps = _option_helps("compare")
     assert helps["--tol"].endswith("(default: 0.005)") and helps["--tol"].count("0.005") == 1
     assert "gamma^2 / tau0^2 >= 1" in helps["--solver"] and "else euler" in helps["--solver"]
-    assert "more than 8 tokens" in helps["--solver"]
+    assert "more than 7 tokens" in helps["--solver"]
     assert "terminal" in helps["--no-progress"]
 
 

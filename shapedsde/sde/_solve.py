@@ -96,15 +96,20 @@ MAX_EXTRAPOLATION = 3
 """Halvings below the finest step measured that a bound may be scaled to (a factor 8)."""
 MIN_DT = 2.0**-15
 """Smallest step the step control takes; if the tolerance is not met there it warns."""
-EULER_MAX_TOKENS = 8
-"""``solver="auto"`` takes the congruence solver beyond this many tokens, hot or cool. There
+EULER_MAX_TOKENS = 7
+"""``solver="auto"`` takes the congruence solver beyond this many tokens, hot or cool. From 8
+tokens on XLA runs the small products as ``dot``s and the congruence step is the cheaper one
+even where Euler repairs nothing: at m = 8 (V0 = 0.7 I + 0.3, tau0 1, gamma 0.5, raw, dt 1/500,
+4000 paths) the driver took 2.38 s with Euler and 1.27 s with ``RootCongruenceEuler`` (3.83 and
+2.48 s with the refinement of hot paths), and 1.65 against 1.45 s for the shaped Transformer
+block ("rms", ``CongruenceEuler``); at m = 4 and 6 they cost the same. Beyond 8 tokens
 Euler's proposals leave the PSD cone even in cool settings (the noise of a step grows with m
 against V's smallest eigenvalues) and each such step costs an ``eigh``: from
 V0_ab = 0.8^|a-b|, tau0 1, gamma 0.5, dt 1/256, Euler repaired 84 (m = 16, raw) to 709
 (m = 128, "rms", 16 paths) path-steps, congruence none, and its driver took 0.77-0.82 (m = 16),
 0.60-0.79 (m = 32), 0.51-0.68 (m = 64) and 0.42-0.45 (m = 128) of Euler's time
-(``benchmarks/README.md``). Up to m = 8 the cool default stays Euler (no repairs there; its
-paths for a key are those of the golden set)."""
+(``benchmarks/README.md``). Up to m = 7 the cool default stays Euler (no repairs there; its
+paths for a key are those of the golden set, whose "auto" runs have 2 and 4 tokens)."""
 ESTIMATE_SHARE = 0.1
 """At a given dt, the share of the run's work that the step-error estimate may add (issue 26):
 its pilot paths' solve on the other grid (``pilot_paths``)."""
@@ -295,7 +300,7 @@ def solve_sde(block: Block, V0: object, T: float, *, key: Array, dt: float | Non
             congruence where the block declares its factors (``has_noise_factor``: shaped
             attention without a mask, the shaped MLP and their Transformer block), scheme is
             "project" and either the attention is hot (``attention_heat`` >= 1) or there are
-            more than ``EULER_MAX_TOKENS`` (8) tokens, else Euler.
+            more than ``EULER_MAX_TOKENS`` (7) tokens, else Euler.
         scheme: for a normalised SDE, "project" (step the block's SDE, then map onto
             correlation matrices, as the network does) or "ito" (step the Ito-transformed SDE
             of ``Normalized``, Euler only).
