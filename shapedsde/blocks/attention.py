@@ -78,14 +78,16 @@ def _centre_columns(X: Array) -> Array:
     return X - jnp.full((m,), 1.0 / m, X.dtype) @ X
 
 
-_FUSED_GRAM_MAX = 16
+_FUSED_GRAM_MAX = 32
 
 
 def _gram(X: Array) -> Array:
-    """X^T X. Up to m = 16 as m rank-one updates (fused multiply-adds: a batched ``dot`` with a
-    transposed operand runs several times slower there on CPU); beyond, the unrolled updates
-    cost more than the ``dot`` (2.5x at m = 64, ``benchmarks/README.md``) and their
-    compilation grows with m."""
+    """X^T X. Up to m = 32 as m rank-one updates (fused multiply-adds: a batched ``dot`` with a
+    transposed left operand runs several times slower there on CPU: in the root congruence
+    step, "rms", 256 paths, 10.3 against 6.5 us per path-step at m = 24, 17.0 against 13.8 at
+    m = 32); beyond, the unrolled updates cost as much as the ``dot`` or more (38.1 against
+    35.9 us at m = 48, 2.5x at m = 64, ``benchmarks/README.md``) and their compilation grows
+    with m."""
     return fused_matmul(X.T, X) if X.shape[0] <= _FUSED_GRAM_MAX else X.T @ X
 
 
