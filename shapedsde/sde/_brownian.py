@@ -274,6 +274,14 @@ class StepPath(_IncrementPath):
         h_base = jnp.where(fine, 2.0 * h, h / r.astype(h.dtype))
         z = self.normals
         node = z.node(first, h_base, base_level, base_index, MAX_LEVEL + 1)
-        return jax.lax.fori_loop(  # the other whole base steps of a part: their roots
-            np.uint32(1), count, lambda i, acc: acc + jnp.sqrt(h_base) * z.draw(first + i),
-            node)
+
+        def whole_steps(node: Array) -> Array:  # the other whole base steps of a part: roots
+            return jax.lax.fori_loop(
+                np.uint32(1), count, lambda i, acc: acc + jnp.sqrt(h_base) * z.draw(first + i),
+                node)
+
+        # a step of one base step (every step of a run on its own grid) has no other: its
+        # substeps skip the loop, whose entry cost a substep of the refinement's walks about
+        # a fifth (m = 8). r is the step's, not a path's: under the walks' vmap this stays a
+        # branch, not a select of both
+        return jax.lax.cond(r > 1, whole_steps, lambda node: node, node)
