@@ -261,6 +261,9 @@ def test_root_congruence_paths_are_the_congruence_paths(normalized):
     np.testing.assert_array_equal(root.t_explode, V.t_explode)
     np.testing.assert_allclose(root.V, V.V, rtol=1e-9, atol=1e-12)
     assert root.repairs.sum() == 0
+    with pytest.raises(ValueError, match="ConstantStepSize"):  # no vector field of a root
+        RootCongruenceEuler(normalized=normalized, bound=jnp.asarray(1e3)).func(
+            None, 0.0, jnp.eye(2)[None], None)
 
 
 def test_first_path_continues_the_same_run():

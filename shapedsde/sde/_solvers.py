@@ -197,6 +197,12 @@ class RootCongruenceEuler(GuardedSolver):
         zeros = jnp.zeros(y0.shape[0], y0.dtype)
         return GuardState(None, None, zeros - 1, jnp.zeros(y0.shape[0], jnp.int32))
 
+    def func(self, terms: Any, t0: Array, y0: Array, args: Any) -> Any:
+        """Not offered: the terms' vector field is V's, the state is a root of V (diffrax
+        reads ``func`` only to choose a first step for an adaptive controller)."""
+        raise ValueError("RootCongruenceEuler steps a root of V, for which the terms give no "
+                         "vector field: drive it with diffrax.ConstantStepSize")
+
     def start(self, V0: Array, n_paths: int) -> tuple[Array, GuardState]:
         """The root of V0 on the state space, factorised once, for ``n_paths`` paths."""
         L = on_state_space(sym(V0[None]), self.normalized, jnp.ones(1, bool))[1]
