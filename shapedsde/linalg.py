@@ -26,6 +26,12 @@ def total(x: Array) -> Array:
     return x.reshape(-1) @ jnp.ones(x.size, x.dtype)
 
 
+def row_sq_norms(X: Array) -> Array:
+    """Squared norms of the rows of X (..., m, n) -> (..., m), as a product with a ones vector
+    (see ``total``): diag(X X^T) without forming X X^T."""
+    return (X * X) @ jnp.ones(X.shape[-1], X.dtype)
+
+
 _UNROLLED_PRODUCT_MAX = 7
 
 

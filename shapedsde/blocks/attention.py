@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-from ..linalg import fused_matmul, lin, matmul, total
+from ..linalg import fused_matmul, lin, matmul, row_sq_norms, total
 from ..validation import check_int, check_real
 from ._qmc import is_streamed, logit_points, streamed_rule
 from ._reduced import (
@@ -493,12 +493,10 @@ class ShapedAttention(AbstractAttention):
         for a, beta, s)."""
         if self._layout() == "general":
             return super().root_coefficients(L, dW)
-        m = L.shape[0]
         CL, k = self._centred_root(L)
         K = _gram(CL)
-        ones = jnp.ones((m,), L.dtype)
-        a = (L * L) @ ones  # diag V (sums as products: see linalg.total)
-        d = (CL * CL) @ ones  # diag(C V C), zero outside the allowed keys
+        a = row_sq_norms(L)  # diag V
+        d = row_sq_norms(CL)  # diag(C V C), zero outside the allowed keys
         row = self._uniform_row()
         beta = d - total(d) / k
         if row is not None:
@@ -510,13 +508,13 @@ class ShapedAttention(AbstractAttention):
 
     def _centred_root(self, L: Array) -> tuple[Array, float]:
         """(C L, k): the rows of a root L of V centred over the k allowed keys (C = H, k = m
-        without mask)."""
+        without mask), in O(m^2): C L = M * (L - M M^T L / k) (C = diag(M) - M M^T / k)."""
         if self._layout() == "uniform":
             self.check_tokens(L.shape[0])
             row = self._uniform_row()
             k = float(np.sum(row))
             Mv = jnp.asarray(row, L.dtype)
-            return (jnp.diag(Mv) - jnp.outer(Mv, Mv) / k) @ L, k
+            return Mv[:, None] * (L - (Mv / k) @ L), k
         return _centre_columns(L), L.shape[0]
 
     def _noise_factor_from_gram(self, dW: Array, K: Array, k: float) -> tuple[Array, Array]:

@@ -38,7 +38,7 @@ from jax import Array
 
 from .._batching import in_groups
 from ..blocks.normalization import rms_state
-from ..linalg import matmul, mirror_lower, psd_parts, semidefinite_cholesky, sym
+from ..linalg import matmul, mirror_lower, psd_parts, row_sq_norms, semidefinite_cholesky, sym
 from ._terms import CovarianceDrift, CovarianceNoise, NoiseFactor, unwrapped
 
 
@@ -216,7 +216,7 @@ class RootCongruenceEuler(GuardedSolver):
         return V
 
     def variances(self, y: Array) -> Array:
-        return jnp.sum(y * y, axis=-1)
+        return row_sq_norms(y)
 
     def step(self, terms: Any, t0: Array, t1: Array, y0: Array, args: Any,
              solver_state: GuardState, made_jump: Any) -> _Step:
@@ -230,8 +230,7 @@ class RootCongruenceEuler(GuardedSolver):
             return matmul(L + dt * BL, eye + G) * jax.lax.rsqrt(1.0 + kappa * dt)
 
         L1 = jax.vmap(one)(y0, dW)
-        ones = jnp.ones(L1.shape[-1], L1.dtype)
-        norms = (L1 * L1) @ ones  # (B, m): diag V' (a product: see linalg.total)
+        norms = self.variances(L1)  # (B, m): diag V'
         broken = ~jnp.all(jnp.isfinite(norms), axis=1)
         if self.normalized:
             L1 = L1 * jax.lax.rsqrt(jnp.clip(norms, jnp.finfo(L1.dtype).tiny))[:, :, None]
