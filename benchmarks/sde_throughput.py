@@ -259,18 +259,21 @@ BY_M = (2, 4, 8, 16, 32, 64, 128)
 
 
 def by_m_paths(m: int) -> int:
-    """Paths per call in ``--by-m``: 256 (the issue's runs) up to m = 32, 64 beyond so that a
-    scan round stays under a minute on 2 cores (with fewer, the step-error estimate's floor of
-    ``MIN_PILOT`` = 8 pilot paths would dominate: 25% of a 16-path run)."""
-    return 256 if m <= 32 else 64
+    """Paths per call in ``--by-m``: 256 (the issue's runs) up to m = 64 (a scan call there
+    takes about 10 s on 2 cores), 64 at m = 128 so that a scan round stays under a minute
+    (with fewer, the step-error estimate's floor of ``MIN_PILOT`` = 8 pilot paths would
+    dominate: 25% of a 16-path run)."""
+    return 256 if m <= 64 else 64
 
 
 def measure_by_m(m: int, normalize: str | None, repeats: int, n_paths: int | None = None,
                  chunk_size: int = 1024) -> dict:
     """``solve_sde`` (fixed dt = DT, n_save 2), the driver alone and the scan at m tokens, on
     ``n_paths`` paths (default ``by_m_paths(m)``), ``chunk_size`` paths per compiled call."""
+    from shapedsde._batching import padded_chunk_size
     from shapedsde.blocks import traced_parameters
     from shapedsde.sde import make_solver, solve
+    from shapedsde.sde._step_error import estimate
 
     n_paths, n_steps = n_paths or by_m_paths(m), round(T / DT)
     V0 = np.asarray(sd.default_covariance(m))
@@ -298,17 +301,44 @@ def measure_by_m(m: int, normalize: str | None, repeats: int, n_paths: int | Non
         return solve(solver, stepped, V0_j, ts, n_steps, key=jax.random.PRNGKey(seed),
                      n_paths=n_paths, chunk_size=chunk_size).V
 
-    driver(0)
+    pilot = first_run.config["step_error"]["paths"]
+    base = {}
+
+    def estimate_alone(seed: int) -> float:
+        """What ``solve_sde`` adds to the driver at a given dt: its pilot paths solved on the
+        same Brownian path at twice the step, and the estimate from them (the run's own paths
+        at dt are the driver's, solved beforehand in the same round)."""
+        head = base[seed]
+        t0 = time.perf_counter()
+        other = solve(solver, stepped, V0_j, ts, n_steps // 2, key=jax.random.PRNGKey(seed),
+                      n_paths=pilot, brownian_dt=DT,
+                      chunk_size=padded_chunk_size(pilot, chunk_size))
+        estimate(head.V, head.t_explode >= 0, other.V, other.t_explode >= 0, dt=DT,
+                 relation="coarse", order=solver.weak_order, normalize=normalize)
+        return time.perf_counter() - t0
+
+    def driver_and_pilot_head(seed: int) -> np.ndarray:
+        out = solve(solver, stepped, V0_j, ts, n_steps, key=jax.random.PRNGKey(seed),
+                    n_paths=n_paths, chunk_size=chunk_size)
+        base[seed] = type(out)(*(a[:pilot] for a in out))
+        return out.V
+
+    driver_and_pilot_head(0)
+    estimate_alone(0)
     scan = scan_euler(V0, n_paths, n_steps)
     scan(jax.random.PRNGKey(0)).block_until_ready()
-    paired = paired_times([library, driver, lambda s: scan(jax.random.PRNGKey(s))], repeats)
+    paired = paired_times([library, driver_and_pilot_head,
+                           lambda s: scan(jax.random.PRNGKey(s))], repeats)
     t_lib, t_drv, t_scan = paired.min(axis=0)
+    t_est = np.array([estimate_alone(r + 1) for r in range(repeats)])
     path_steps = n_paths * n_steps
     return {"m": m, "normalize": normalize, "n_paths": n_paths, "n_steps": n_steps,
             "chunk_size": chunk_size, "solver": chosen,
             "pilot_paths": first_run.config["step_error"]["paths"],
             "estimate_share": 1 - t_drv / t_lib,
             "estimate_share_median": float(np.median(1 - paired[:, 1] / paired[:, 0])),
+            "estimate_s": float(np.median(t_est)),
+            "estimate_share_direct": float(np.median(t_est) / np.median(paired[:, 0])),
             "first_call_s": first_s, "steady_s": t_lib, "driver_s": t_drv, "scan_s": t_scan,
             "rate": {"solve_sde": path_steps / t_lib, "driver": path_steps / t_drv,
                      "scan": path_steps / t_scan},
@@ -396,7 +426,7 @@ def main_by_m(args: argparse.Namespace, peak: float) -> None:
                   f"{q['solve_sde']:>11.3g} {q['driver']:>9.3g} {q['scan']:>9.3g} "
                   f"{r['ratio_scan']:>6.2f} {r['ratio_scan_median']:>6.2f} "
                   f"{r['driver_ratio_scan']:>6.2f} "
-                  f"{100 * r['estimate_share_median']:>6.1f} {r['gflops']:>8.2f} "
+                  f"{100 * r['estimate_share_direct']:>6.1f} {r['gflops']:>8.2f} "
                   f"{100 * r['gflops'] / peak:>6.2f}", flush=True)
             out.parent.mkdir(parents=True, exist_ok=True)  # partial results survive a stop
             out.write_text(json.dumps({"machine": machine(), "matmul_peak_gflops": peak,

@@ -72,6 +72,7 @@ def test_refined_paths_do_not_depend_on_the_group_size():
         V0 = jnp.asarray(sd.default_covariance(3), jnp.float64)
         hot, refined = _hot_solver("congruence", V0)
         assert refined.group is None and refinement.group_size(3) == 2
+        assert refinement.group_size(64) == 1 and refinement.level_group(64) == 4
         ts = jnp.asarray([0.0, 2.0])
         pairs = solve(refined, hot, V0, ts, 128, key=jax.random.key(4), n_paths=64)
         eights = solve(dataclasses.replace(refined, group=8), hot, V0, ts, 128,

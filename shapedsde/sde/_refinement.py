@@ -62,8 +62,11 @@ MAX_CHANGE = 0.01
 REFERENCE_STEP (so at most MAX_CHANGE dt / REFERENCE_STEP at step dt)."""
 REFERENCE_STEP = 2.0**-8
 """The step at which a substep's relative drift change is at most MAX_CHANGE."""
-LEVEL_GROUP = 32
-"""Paths whose refinement level is evaluated together (``_levels_of``)."""
+SMALL_PRODUCTS = 32
+"""Tokens up to which a step's fixed cost (many small kernels) outweighs its m x m products:
+there hot paths are refined in pairs and their levels evaluated in groups of 32; beyond, a
+path that fills a slot of a group only to pad it costs as much as a hot one (``group_size``,
+``level_group``)."""
 HEADROOM = 2
 """Levels a path may deepen by within a step (its drift rate growing 4-fold): its Brownian
 increments are read to its starting level plus this (at most MAX_LEVEL). With 0, figure 7's
@@ -74,9 +77,18 @@ def group_size(m: int) -> int:
     """Hot paths refined together at m tokens. A group's walks run as one vectorised loop, as
     long as its longest walk, and every substep draws all tree levels' normals for each path
     of the group: at m = 2 those are cheap and a group of 8 shares each substep's fixed cost;
-    from m = 3 on the draws dominate and pairs are cheaper (measured in
-    ``benchmarks/README.md``)."""
-    return 8 if m <= 2 else 2
+    from m = 3 on the draws dominate and pairs are cheaper; beyond SMALL_PRODUCTS a substep's
+    products dominate, and a pair with one hot path does twice the work of that path alone
+    (measured in ``benchmarks/README.md``)."""
+    return 8 if m <= 2 else 2 if m <= SMALL_PRODUCTS else 1
+
+
+def level_group(m: int) -> int:
+    """Paths whose refinement level is evaluated together (``_levels_of``): 32 up to
+    SMALL_PRODUCTS tokens, where the drift's evaluation is cheap beside the loop's fixed cost,
+    4 beyond, where each path of a group (hot or padding) costs the products of V = L L^T and
+    of the drift."""
+    return 32 if m <= SMALL_PRODUCTS else 4
 
 
 def levels(drift_rate: Array) -> Array:
@@ -111,14 +123,14 @@ def may_need_refinement(variances: Array, state: GuardState, calm: Array) -> Arr
 
 def _levels_of(block: Block, solver: GuardedSolver, y: Array, grown: Array) -> Array:
     """``levels`` (B,) of the ``grown`` paths of the batch of states y (0 elsewhere), their
-    drifts evaluated in groups of LEVEL_GROUP: only those paths cost a drift evaluation (and,
+    drifts evaluated in groups of ``level_group``: only those paths cost a drift evaluation (and,
     for a solver whose state is a root, the product that forms V)."""
 
     def chunk(idx: Array, todo: Array, level: Array) -> tuple[Array, Array]:
         rate = jax.vmap(functools.partial(_rate, block))(solver.covariance(y[idx]))
         return level.at[idx].set(jnp.where(todo, levels(rate), level[idx])), todo
 
-    return in_groups(grown.astype(jnp.int32), LEVEL_GROUP, chunk,
+    return in_groups(grown.astype(jnp.int32), level_group(y.shape[-1]), chunk,
                      jnp.zeros(grown.shape, jnp.int32))
 
 
