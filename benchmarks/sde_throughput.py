@@ -43,8 +43,10 @@ then rounds that alternate ``solve_sde``, the driver's solve of the same paths w
 ``solve_sde`` chose ("auto": congruence from 8 tokens on) alone (``shapedsde.sde.solve``: no
 pilot solve at twice the step, no estimate) and the scan; rates are path-steps of the run's
 own grid per second (the pilot's solve at twice the step is counted as work ``solve_sde``
-does, not as path-steps); "est %" is the median over rounds of 1 - driver / ``solve_sde``,
-the share of the step-error estimate (pilot solve and statistics) in ``solve_sde``'s time.
+does, not as path-steps); "est %" is what ``solve_sde`` adds to the driver for the
+step-error estimate, timed by itself after the rounds (its pilot paths solved on the same
+Brownian path at twice the step, and the statistics), over ``solve_sde``'s time (medians over
+rounds); the JSON also keeps the older, noisier reading 1 - driver / ``solve_sde``.
 ``--setting``: the throughput benchmark's own setting
 (m = 8, 4000 paths, 500 steps, raw, V0 = 0.7 I + 0.3), and the refinement's share: the driver
 with the ``Refined`` solver against the same solver without it, on the same paths.
