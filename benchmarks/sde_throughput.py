@@ -269,15 +269,18 @@ def by_m_paths(m: int) -> int:
 
 
 def measure_by_m(m: int, normalize: str | None, repeats: int, n_paths: int | None = None,
-                 chunk_size: int = 1024) -> dict:
+                 chunk_size: int | None = None) -> dict:
     """``solve_sde`` (fixed dt = DT, n_save 2), the driver alone and the scan at m tokens, on
-    ``n_paths`` paths (default ``by_m_paths(m)``), ``chunk_size`` paths per compiled call."""
+    ``n_paths`` paths (default ``by_m_paths(m)``), ``chunk_size`` paths per compiled call
+    (default: ``solve_sde``'s, ``default_chunk_size``)."""
     from shapedsde._batching import padded_chunk_size
     from shapedsde.blocks import traced_parameters
     from shapedsde.sde import make_solver, solve
+    from shapedsde.sde._solve import default_chunk_size
     from shapedsde.sde._step_error import estimate
 
     n_paths, n_steps = n_paths or by_m_paths(m), round(T / DT)
+    chunk_size = chunk_size or default_chunk_size(m, "float32")
     V0 = np.asarray(sd.default_covariance(m))
     block = sd.ShapedAttention(tau0=TAU0, gamma=GAMMA)
 
@@ -484,8 +487,9 @@ def main() -> None:
     parser.add_argument("--paths", type=int, default=None,
                         help="with --by-m: paths per call at every m (default 256 up to m = 32, "
                         "64 at m = 64, 16 at m = 128: sized for 2 CPU cores)")
-    parser.add_argument("--chunk", type=int, default=1024,
-                        help="with --by-m: solve_sde's chunk_size (paths per compiled call)")
+    parser.add_argument("--chunk", type=int, default=None,
+                        help="with --by-m: solve_sde's chunk_size (paths per compiled call; "
+                        "default: solve_sde's own)")
     parser.add_argument("--forms", nargs="*", choices=("raw", "rms"), default=("raw", "rms"),
                         help="with --by-m: these forms of the SDE only")
     parser.add_argument("--setting", action="store_true",

@@ -56,6 +56,22 @@ def test_result_records_step_solver_and_error():
     assert tr.config["step_error"]["crossing"] is not None  # blow-up possible
 
 
+def test_default_chunk_keeps_a_chunk_of_states_in_cache():
+    """``solve_sde``'s default chunk on a CPU: the power of two of paths (8 to 1024) whose
+    m x m states fit CHUNK_BYTES; 1024 up to 8 tokens in float32 (what it was for every m)."""
+    from shapedsde.sde._solve import CHUNK_BYTES, default_chunk_size
+
+    assert jax.default_backend() == "cpu"
+    for m in (2, 3, 4, 8, 12, 16, 32, 64, 100, 128, 512):
+        for dtype, size in (("float32", 4), ("float64", 8)):
+            c = default_chunk_size(m, dtype)
+            assert 8 <= c <= 1024 and c & (c - 1) == 0
+            assert c == 8 or c * m * m * size <= CHUNK_BYTES  # fits, or the floor
+            assert c == 1024 or 2 * c * m * m * size > CHUNK_BYTES  # the largest that fits
+    assert [default_chunk_size(m, "float32") for m in (8, 16, 32, 64, 128)] == [1024, 256, 64,
+                                                                                16, 8]
+
+
 def test_pilot_paths_keep_the_estimate_within_its_share():
     """At a given dt the estimate solves its pilot paths on the other grid: at most
     ESTIMATE_SHARE of the run's work (the largest such power of two, from MIN_PILOT to

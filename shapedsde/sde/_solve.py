@@ -51,12 +51,13 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import Array
 from tqdm.auto import tqdm
 
-from .._batching import key_record, padded_chunk_size
+from .._batching import MIN_BUCKET, key_record, padded_chunk_size
 from .._precision import resolve_dtype
 from ..analysis.trajectories import Trajectories
 from ..blocks import Block, normalized, traced_parameters
@@ -121,6 +122,13 @@ SMALL_RUN = 2**24
 """Work (path-steps times m^3) up to which a run at a given dt is estimated on all its paths
 (one compiled shape, not two): 32768 path-steps at m = 8, about 30 ms on 2 cores, far less
 than a compilation; the golden set's runs and most tests are such runs."""
+CHUNK_BYTES = 2**18
+"""On a CPU, the default chunk holds as many paths as keep one m x m state of the chunk (one
+array of the step, of which it reads and writes several) within these bytes, which stays in
+the cores' caches: in one run each, the driver ("rms", dt 1/256) was 17% faster at m = 16 with
+256 paths a chunk than with 1024, 22% at m = 32 with 64 against 256, and at m = 64 (raw) 24%
+with 16 against 128 (``benchmarks/README.md``); at m = 8 this is the 1024 measured best
+before."""
 MAX_STEPS = 2**30  # step indices are exact integers, and bridge streams start at 2^31
 
 
@@ -131,6 +139,16 @@ def make_solver(name: str, block: Block, V0: Array, *, normalized: bool,
     up (un-normalised)."""
     solver = solver_class(name, block)(normalized=normalized, bound=bound)
     return solver if normalized else Refined(solver, calm_scale(block.drift, V0))
+
+
+def default_chunk_size(m: int, dtype: str) -> int:
+    """``solve_sde``'s default paths per compiled call at m tokens: on a CPU the power of two
+    (8 to 1024) whose m x m states fit CHUNK_BYTES (float32: 1024 at m = 8, 64 at m = 32,
+    16 at m = 64, 8 beyond); on an accelerator 1024, which wants large batches."""
+    if jax.default_backend() != "cpu":
+        return 1024
+    paths = CHUNK_BYTES // (m * m * np.dtype(dtype).itemsize)
+    return min(1024, max(MIN_BUCKET, 1 << max(paths, 1).bit_length() - 1))
 
 
 def pilot_paths(n_paths: int, steps: int, m: int, other_per_step: float) -> int:
@@ -276,7 +294,7 @@ def _control(tol: float, n_paths: int, per_save: int, interval: float, max_steps
 def solve_sde(block: Block, V0: object, T: float, *, key: Array, dt: float | None = None,
               tol: float = 0.005, n_paths: int = 1000, n_save: int = 17,
               normalize: str | None = None, solver: str = "auto", scheme: str = "project",
-              blowup_bound: float = 1e3, dtype: str = "float32", chunk_size: int = 1024,
+              blowup_bound: float = 1e3, dtype: str = "float32", chunk_size: int | None = None,
               first_path: int = 0, progress: bool = False) -> Trajectories:
     """Integrate the covariance SDE of ``block`` from ``V0`` to time ``T`` for ``n_paths`` paths.
 
@@ -313,7 +331,9 @@ def solve_sde(block: Block, V0: object, T: float, *, key: Array, dt: float | Non
         dtype: "float32" or "float64" (the latter enables ``jax_enable_x64``).
         chunk_size: paths integrated per compiled call (bounds memory; results unchanged),
             rounded up to a multiple of the local device count; each chunk is split over the
-            local devices (``jax.local_devices()``).
+            local devices (``jax.local_devices()``). Default (None): ``default_chunk_size``,
+            on a CPU as many paths as keep a chunk's m x m states in cache (1024 at m = 8, 64
+            at m = 32, 8 at m = 128), on an accelerator 1024.
         first_path: index of the first path: the call returns paths first_path, ...,
             first_path + n_paths - 1, exactly as part of a larger call would (to split a run
             over processes or hosts).
@@ -345,6 +365,8 @@ def solve_sde(block: Block, V0: object, T: float, *, key: Array, dt: float | Non
     if solver not in SOLVER_NAMES:
         raise ValueError(f"solver must be one of {SOLVER_NAMES}, got {solver!r}")
     blowup_bound = check_real("blowup_bound", blowup_bound, low=1.0)
+    if chunk_size is None:
+        chunk_size = default_chunk_size(V0.shape[0], dtype)
     chunk_size = check_int("chunk_size", chunk_size, low=1)
     jdtype = resolve_dtype(dtype)
     is_normalized = target.is_normalized
