@@ -485,8 +485,8 @@ def main() -> None:
     parser.add_argument("--by-m", action="store_true", help="m = 2..128, raw and rms")
     parser.add_argument("--ms", type=int, nargs="*", help="with --by-m: these m only")
     parser.add_argument("--paths", type=int, default=None,
-                        help="with --by-m: paths per call at every m (default 256 up to m = 32, "
-                        "64 at m = 64, 16 at m = 128: sized for 2 CPU cores)")
+                        help="with --by-m: paths per call at every m (default 256 up to m = 64, "
+                        "64 at m = 128: sized for 2 CPU cores)")
     parser.add_argument("--chunk", type=int, default=None,
                         help="with --by-m: solve_sde's chunk_size (paths per compiled call; "
                         "default: solve_sde's own)")
